@@ -1,0 +1,21 @@
+# The README's two commands: `make demo` (set up + run the main job) and `make test` (set up + run the tests).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROMPT ?= Give three tips for staying healthy.
+
+.PHONY: setup demo test bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/pasta generate "$(PROMPT)"
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/interpreter.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info

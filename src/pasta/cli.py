@@ -1,0 +1,89 @@
+"""`pasta` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="answer a prompt with asynchronous decoding")
+    p.add_argument("prompt", help="the user message (chat template applied when the model has one)")
+    p.add_argument("--model", default=None, help="Hugging Face folder, .gguf file, or adapter folder (default: embedded)")
+    p.add_argument("--adapter", default=None, help="a PEFT adapter to apply (default: the embedded Pasta adapter)")
+    p.add_argument("--no-adapter", action="store_true", help="decode with the base model only")
+    p.add_argument("--sequential", action="store_true", help="decode chunks one after another (same answer, no parallelism)")
+    p.add_argument("--teacher", default=None, help="file with an annotated response to force (measures speed only)")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-thread-tokens", type=int, default=256)
+    p.add_argument("--max-threads", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--dtype", default="auto", help="float32 | bfloat16 | auto")
+    p.add_argument("--raw", action="store_true", help="no chat template: the prompt is the text itself")
+    p.add_argument("--json", action="store_true", help="print one JSON object (text, annotated, stats)")
+    p.add_argument("--backend", choices=["local"], default="local")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args) -> int:
+    from .decoding import DecodeLimits
+    from .interpreter import Interpreter
+    from .sampling import SamplingParams
+
+    limits = DecodeLimits(args.max_new_tokens, args.max_thread_tokens, args.max_threads)
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    adapter = False if args.no_adapter else (args.adapter or True)
+    interp = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter, limits=limits)
+    teacher = None
+    if args.teacher:
+        with open(args.teacher, encoding="utf-8") as f:
+            teacher = f.read()
+    result = interp.generate(
+        args.prompt, sampling=sampling, mode="sequential" if args.sequential else "async", teacher=teacher,
+        chat=not args.raw,
+    )
+    if args.json:
+        out = result.to_dict()
+        out["model"] = interp.name
+        print(json.dumps(out, ensure_ascii=False))
+        return 0
+    s = result.stats
+    print(result.text)
+    print(
+        f"\n[{interp.name} | {s.mode}: {s.tokens} tokens in {s.steps} steps, {s.threads} parallel chunks, "
+        f"theoretical speedup {s.theoretical_speedup:.2f}x, {s.wall_s:.1f}s, {s.tokens / max(s.wall_s, 1e-9):.1f} tok/s]",
+        file=sys.stderr,
+    )
+    if s.warnings:
+        print("warnings: " + "; ".join(s.warnings), file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pasta", description="PASTA: learned asynchronous decoding")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    for module, name in (("pasta.data.cli", "add_annotate_parser"),):
+        try:
+            register = getattr(__import__(module, fromlist=[name]), name)
+        except (ImportError, AttributeError):
+            continue
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"pasta {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

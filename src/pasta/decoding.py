@@ -1,0 +1,381 @@
+"""One request's asynchronous decoding, as a state machine independent of any model.
+
+`Decoding` decides, step by step, which tokens of which threads enter the KV cache next (forking at promises,
+joining at syncs, honouring limits) and consumes the tokens sampled for them. A model runner (`pasta.engine`),
+the naive oracle (`pasta.reference`) and the training collator (`pasta.train.collator`, teacher-forced, no model)
+all drive this same machine, so they agree on the layout by construction.
+
+Robustness rules for malformed model output (also in docs/pasta-lang.md):
+- A tag that is not valid where it appears (`</async>` or `<async>` in the main thread; a promise, `<sync/>` or a
+  second `<async>` inside a chunk) has no effect: it stays in `annotated`, is dropped from `text`, and a warning
+  records it. No text around it is lost.
+- `<sync/>` with nothing outstanding is a no-op.
+- A promise with a missing `tokens` reserves the default; an absurd one (<= 0 or over the maximum) is clamped
+  to [1, max_reserve], with a warning.
+- A chunk that never closes is closed at `max_thread_tokens` (warning); EOS inside a chunk closes it.
+- EOS in the main thread ends the answer after the outstanding chunks finish (implicit sync at the end).
+- At `max_new_tokens` for the whole request every thread stops where it is; all text so far is kept.
+- Promises beyond `max_threads` running chunks wait for a free slot. Their positions and visibility are fixed
+  when the promise is read, so a waiting chunk decodes exactly as if it had started at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from .detok import IncrementalDetokenizer
+from .engine import StepInputs
+from .lang import ASYNC_CLOSE, ASYNC_OPEN, AsyncClose, AsyncOpen, Promise, Recognizer, Sync, Text, render
+from .layout import MAIN, Layout, LayoutConfig
+
+Mode = Literal["async", "sequential"]
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_new_tokens: int = 1024  # sampled tokens of the whole request, all threads together
+    max_thread_tokens: int = 512  # sampled tokens of one async chunk
+    max_threads: int = 8  # async chunks decoding at the same time
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "max_thread_tokens", "max_threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class ThreadTrace:
+    """Per-thread record: what it wrote and when (steps are forward passes, counted from 1 = prefill)."""
+
+    id: int
+    kind: Literal["main", "async"]
+    topic: str | None = None
+    predicted_tokens: int | None = None
+    reserved: int = 0
+    start_position: int = 0
+    start_step: int | None = None
+    end_step: int | None = None
+    sampled: int = 0
+    close_reason: str | None = None  # closed | eos | budget | request_budget
+
+
+@dataclass
+class _Thread:
+    trace: ThreadTrace
+    layout_id: int
+    detok: IncrementalDetokenizer
+    recognizer: Recognizer = field(default_factory=Recognizer)
+    events: list = field(default_factory=list)  # lang events, in order
+    tokens: list[int] = field(default_factory=list)  # every token of the thread (forced + sampled)
+    pending: list[int] = field(default_factory=list)  # tokens to feed at the next opportunity
+    state: Literal["queued", "running", "waiting", "done"] = "running"
+    forks: list[Promise] = field(default_factory=list)  # promises completed by the pending token
+    forced: list[int] | None = None  # teacher forcing: the tokens this thread must produce
+    opened: bool = False
+    closed: bool = False
+
+    @property
+    def kind(self) -> str:
+        return self.trace.kind
+
+
+class Decoding:
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        tokenizer,
+        *,
+        eos_ids: set[int] | list[int],
+        layout_config: LayoutConfig | None = None,
+        limits: DecodeLimits | None = None,
+        mode: Mode = "async",
+        forced_main: list[int] | None = None,
+        forced_chunks: list[list[int]] | None = None,
+    ) -> None:
+        if not prompt_ids:
+            raise ValueError("empty prompt: a request needs at least one prompt token")
+        if mode not in ("async", "sequential"):
+            raise ValueError(f"mode must be 'async' or 'sequential', got {mode!r}")
+        self.tokenizer = tokenizer
+        self.prompt_ids = list(prompt_ids)
+        self.eos_ids = set(eos_ids)
+        self.limits = limits or DecodeLimits()
+        self.mode = mode
+        self.layout = Layout(len(prompt_ids), layout_config)
+        self.async_open_ids = tokenizer.encode(ASYNC_OPEN, add_special_tokens=False)
+        self.threads: list[_Thread] = [
+            _Thread(trace=ThreadTrace(id=0, kind="main", start_step=1), layout_id=MAIN,
+                    detok=IncrementalDetokenizer(tokenizer), forced=forced_main)
+        ]
+        self._forced_chunks = list(forced_chunks or [])
+        self.steps = 0
+        self.sampled = 0
+        self.warnings: list[str] = []
+        self.done = False
+        self._prefilled = False
+        self._samplers: list[int] = []  # thread index per logit row of the last step
+        self._main_markers: list[tuple[str, int, int]] = []  # (fork|sync, main token ordinal, chunk index)
+
+    # -- stepping -------------------------------------------------------------------------------------------
+    def next_inputs(self) -> StepInputs:
+        """Choose and lay out the tokens of the next forward pass."""
+        if self.done:
+            raise RuntimeError("decoding is finished")
+        self.steps += 1
+        if not self._prefilled:
+            self._prefilled = True
+            n = len(self.prompt_ids)
+            rows = [torch.ones(i + 1, dtype=torch.bool) for i in range(n)]
+            self._samplers = [0]
+            return StepInputs(list(self.prompt_ids), list(range(n)), list(range(n)), rows, [n - 1])
+        inputs = StepInputs([], [], [], [], [])
+        self._samplers = []
+        main = self.threads[0]
+        if main.state == "waiting" and self._all_outstanding_done():
+            # Join: the finished chunks' last tokens enter the cache first, so the main thread sees them whole.
+            for thread in self._outstanding_threads():
+                self._feed(thread, inputs, sample=False)
+            self.layout.join()
+            main.state = "running"
+        if main.state == "running" and main.pending and self._main_may_run():
+            self._feed(main, inputs, sample=True)
+        for thread in self.threads[1:]:
+            if thread.state == "queued" and self._may_start():
+                thread.state = "running"
+            if thread.state == "running" and thread.pending and self._async_may_run(thread, inputs):
+                self._feed(thread, inputs, sample=True)
+        if not inputs.token_ids:
+            raise RuntimeError("decoding is stuck: no thread can run (this is a bug; please report it)")
+        return inputs
+
+    def _feed(self, thread: _Thread, inputs: StepInputs, *, sample: bool) -> None:
+        for slot, row in self.layout.append(thread.layout_id, len(thread.pending)):
+            inputs.slots.append(slot)
+            inputs.positions.append(self.layout.positions[slot])
+            inputs.rows.append(row)
+        inputs.token_ids.extend(thread.pending)
+        thread.pending = []
+        if thread.trace.start_step is None:
+            thread.trace.start_step = self.steps
+        if sample:
+            inputs.logit_rows.append(len(inputs.token_ids) - 1)
+            self._samplers.append(self.threads.index(thread))
+        for promise in thread.forks:  # the promise tag is now in the cache: its chunk's view is fixed here
+            self._fork(promise)
+        thread.forks = []
+
+    def _fork(self, promise: Promise) -> None:
+        tokens = promise.tokens
+        if tokens is None and "tokens" in promise.attrs:  # present but unreadable or out of range
+            self.warnings.append(f"promise {promise.raw!r}: unusable tokens attribute; default reservation")
+        layout_id = self.layout.fork(tokens)
+        index = len(self.threads)
+        forced = self._forced_chunks[index - 1] if index - 1 < len(self._forced_chunks) else None
+        if self._forced_chunks and forced is None:
+            forced = list(self.async_open_ids) + self.tokenizer.encode(ASYNC_CLOSE, add_special_tokens=False)
+        thread = _Thread(
+            trace=ThreadTrace(
+                id=index, kind="async", topic=promise.topic, predicted_tokens=promise.tokens,
+                reserved=self.layout.config.reservation(tokens),
+                start_position=self.layout.threads[layout_id].next_position,
+            ),
+            layout_id=layout_id, detok=IncrementalDetokenizer(self.tokenizer), state="queued", forced=forced,
+        )
+        # The chunk's opening tag is forced (from the teacher when forcing, so both agree token for token).
+        opening = forced[: len(self.async_open_ids)] if forced is not None else list(self.async_open_ids)
+        thread.pending = list(opening)
+        for token in opening:
+            self._consume(thread, token, count=False)
+        self.threads.append(thread)
+
+    # -- scheduling rules --------------------------------------------------------------------------------------
+    def _outstanding_threads(self) -> list[_Thread]:
+        ids = set(self.layout.outstanding)
+        return [t for t in self.threads[1:] if t.layout_id in ids]
+
+    def _all_outstanding_done(self) -> bool:
+        return all(t.state == "done" for t in self._outstanding_threads())
+
+    def _main_may_run(self) -> bool:
+        if self.mode == "async":
+            return True
+        return all(t.state == "done" for t in self.threads[1:])  # sequential: main waits for every chunk
+
+    def _may_start(self) -> bool:
+        running = sum(1 for t in self.threads[1:] if t.state == "running")
+        limit = 1 if self.mode == "sequential" else self.limits.max_threads
+        return running < limit
+
+    def _async_may_run(self, thread: _Thread, inputs: StepInputs) -> bool:
+        if self.mode == "async":
+            return True
+        return not inputs.logit_rows  # sequential: one sampling thread per forward pass
+
+    # -- consuming samples ---------------------------------------------------------------------------------------
+    def advance(self, sampled: list[int]) -> list[int]:
+        """Give the tokens sampled for the rows of the last `next_inputs()` (in order). Returns the tokens taken
+        (the teacher's under teacher forcing)."""
+        taken: list[int] = []
+        if len(sampled) != len(self._samplers):
+            raise ValueError(f"expected {len(self._samplers)} sampled tokens, got {len(sampled)}")
+        for index, token in zip(self._samplers, sampled):
+            thread = self.threads[index]
+            if thread.forced is not None:  # teacher forcing: the model's choice is replaced by the teacher's
+                token = thread.forced[len(thread.tokens)] if len(thread.tokens) < len(thread.forced) else None
+                if token is None:
+                    token = next(iter(self.eos_ids))
+            taken.append(token)
+            if thread.state == "done":  # stopped by the request budget earlier in this step
+                continue
+            self._take(thread, token)
+            if self.sampled >= self.limits.max_new_tokens:
+                self._stop_all("request_budget")
+        if all(t.state == "done" for t in self.threads):
+            self.done = True
+        return taken
+
+    @property
+    def sampler_threads(self) -> list[int]:
+        """Thread index of each logit row of the last step."""
+        return list(self._samplers)
+
+    def _take(self, thread: _Thread, token: int) -> None:
+        self.sampled += 1
+        thread.trace.sampled += 1
+        if token in self.eos_ids:
+            self._end_thread(thread, "eos")
+            return
+        thread.tokens.append(token)
+        self._consume(thread, token, count=True)
+        if thread.state == "done":
+            return
+        if thread.kind == "async" and thread.trace.sampled >= self.limits.max_thread_tokens:
+            thread.pending = [token]
+            self.warnings.append(f"chunk {thread.trace.id} reached max_thread_tokens={self.limits.max_thread_tokens}; closed")
+            self._end_thread(thread, "budget", keep_pending=True)
+            return
+        if thread.state in ("running", "waiting"):
+            thread.pending = [token]
+
+    def _consume(self, thread: _Thread, token: int, *, count: bool) -> None:
+        """Detokenize one token and act on the tags it completes."""
+        if not count:
+            thread.tokens.append(token)
+        for event in thread.recognizer.feed(thread.detok.push(token)):
+            self._on_event(thread, event, token)
+
+    def _on_event(self, thread: _Thread, event, token: int) -> None:
+        thread.events.append(event)
+        if isinstance(event, Text):
+            return
+        if thread.kind == "main":
+            if isinstance(event, Promise):
+                thread.forks.append(event)
+                self._main_markers.append(("fork", thread.trace.sampled, len(self.threads) + len(thread.forks) - 1))
+                return
+            if isinstance(event, Sync):
+                thread.state = "waiting"
+                self._main_markers.append(("sync", thread.trace.sampled, 0))
+                return
+            self._ignore(thread, event, "is not valid in the main thread")
+            return
+        if isinstance(event, AsyncOpen) and not thread.opened:
+            thread.opened = True
+            return
+        if isinstance(event, AsyncClose) and not thread.closed:
+            thread.closed = True
+            self._end_thread(thread, "closed", keep_pending=True)
+            thread.pending = [token]
+            return
+        if thread.closed:
+            self._ignore(thread, event, "comes after the chunk's </async>")
+        else:
+            self._ignore(thread, event, "is not valid inside a chunk")
+
+    def _ignore(self, thread: _Thread, event, why: str) -> None:
+        thread.events[-1] = _Ignored(event.raw)
+        self.warnings.append(f"thread {thread.trace.id}: tag {event.raw!r} {why}; ignored")
+
+    def _end_thread(self, thread: _Thread, reason: str, keep_pending: bool = False) -> None:
+        if thread.state == "done":
+            return
+        thread.state = "done"
+        thread.trace.close_reason = reason
+        thread.trace.end_step = self.steps
+        if not keep_pending:
+            thread.pending = []
+        for event in thread.recognizer.feed(thread.detok.flush()) + thread.recognizer.flush():
+            thread.events.append(event if isinstance(event, Text) else _Ignored(event.raw))
+        if thread.kind == "main":
+            thread.forks = []
+
+    def _stop_all(self, reason: str) -> None:
+        if all(t.state == "done" for t in self.threads):
+            return
+        for thread in self.threads:
+            if thread.state != "done":
+                thread.forks = []
+                self._end_thread(thread, reason)
+        self.warnings.append(f"request reached max_new_tokens={self.limits.max_new_tokens}; stopped")
+
+    # -- results --------------------------------------------------------------------------------------------------
+    def chunk_text(self, thread: _Thread) -> tuple[str, str]:
+        """(annotated "<async>...</async>", plain body) of a chunk; a missing close tag is restored."""
+        annotated = render(e if not isinstance(e, _Ignored) else Text(e.raw) for e in thread.events)
+        if not thread.closed:
+            annotated += ASYNC_CLOSE
+        plain = "".join(e.text for e in thread.events if isinstance(e, Text))
+        return annotated, plain
+
+    def stitch(self) -> tuple[str, str]:
+        """(annotated storage form, plain answer in reading order)."""
+        annotated: list[str] = []
+        plain: list[str] = []
+        chunks = iter(self.threads[1:])
+        for event in self.threads[0].events:
+            if isinstance(event, Text):
+                annotated.append(event.text)
+                plain.append(event.text)
+            elif isinstance(event, _Ignored):
+                annotated.append(event.raw)
+            elif isinstance(event, Promise):
+                annotated.append(event.raw)
+                chunk = next(chunks, None)
+                if chunk is not None:
+                    a, p = self.chunk_text(chunk)
+                    annotated.append(a)
+                    plain.append(p)
+            else:  # Sync
+                annotated.append(event.raw)
+        return "".join(annotated), "".join(plain)
+
+    def critical_path(self) -> int:
+        """Forward passes an ideal schedule (unlimited threads, no waiting for slots) needs: main's k-th token
+        costs one step; a chunk decodes from the step after its promise; a sync waits for the slowest chunk."""
+        t, previous, outstanding_end, all_end = 0, 0, 0, 0
+        for kind, ordinal, index in self._main_markers:
+            t += ordinal - previous
+            previous = ordinal
+            if kind == "fork":
+                end = t + self.threads[index].trace.sampled
+                outstanding_end = max(outstanding_end, end)
+                all_end = max(all_end, end)
+            else:
+                t = max(t, outstanding_end)
+                outstanding_end = 0
+        t += self.threads[0].trace.sampled - previous
+        return max(t, all_end, 1)
+
+
+class _Ignored:
+    """A tag that had no effect (kept in `annotated`, dropped from `text`)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: str) -> None:
+        self.raw = raw

@@ -1,0 +1,93 @@
+"""The model runner: one forward pass per step over one interleaved KV cache, for any Hugging Face causal LM.
+
+Every step feeds the new tokens of all active threads together (a new thread's forced opening tokens included),
+with their layout position ids and a custom 4D attention mask built from the layout's visibility rows. The cache
+only ever grows by the fed tokens: a prefix is never copied per thread.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class StepInputs:
+    token_ids: list[int]
+    slots: list[int]
+    positions: list[int]
+    rows: list[torch.Tensor]  # per token: bool over slots [0..slot]
+    logit_rows: list[int]  # indices into token_ids whose next-token logits are wanted
+
+
+def _sliding_window(config) -> int | None:
+    layer_types = getattr(config, "layer_types", None) or []
+    window = getattr(config, "sliding_window", None)
+    if window and "sliding_attention" in layer_types:
+        return int(window)
+    return None
+
+
+class ModelRunner:
+    """Wraps a causal LM; stateless apart from the model (each request owns its cache)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.config = model.config
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.window = _sliding_window(self.config)
+        params = inspect.signature(model.forward).parameters
+        # transformers >= 5 calls the cache `cache`; older releases `past_key_values`.
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._additive_mask = getattr(self.config, "_attn_implementation", "sdpa") == "eager"
+
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        # No config: every layer keeps all its keys. A sliding-window cache layer would evict by slot order, which
+        # is not position order in an interleaved layout; the window is applied in the mask instead.
+        return DynamicCache()
+
+    def _mask(self, rows: list[torch.Tensor], total: int) -> torch.Tensor:
+        mask = torch.zeros(len(rows), total, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            mask[i, : row.numel()] = row
+        return mask
+
+    def _as_model_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        mask = mask[None, None].to(self.device)
+        if self._additive_mask:
+            return torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill(
+                ~mask, torch.finfo(self.dtype).min
+            )
+        return mask
+
+    @torch.inference_mode()
+    def forward(self, cache, inputs: StepInputs, key_positions: list[int]) -> torch.Tensor:
+        """Feed `inputs` (appended to `cache`); returns float32 logits [len(logit_rows), vocab].
+        `key_positions` are the position ids of every slot so far (used for sliding-window layers)."""
+        total = inputs.slots[-1] + 1
+        mask = self._mask(inputs.rows, total)
+        attention_mask: torch.Tensor | dict = self._as_model_mask(mask)
+        if self.window is not None:
+            q_pos = torch.tensor(inputs.positions)[:, None]
+            k_pos = torch.tensor(key_positions[:total])[None, :]
+            sliding = mask & (q_pos - k_pos < self.window)
+            attention_mask = {"full_attention": attention_mask, "sliding_attention": self._as_model_mask(sliding)}
+        kwargs = {
+            "input_ids": torch.tensor([inputs.token_ids], device=self.device),
+            "position_ids": torch.tensor([inputs.positions], device=self.device),
+            "attention_mask": attention_mask,
+            self._cache_kwarg: cache,
+            "use_cache": True,
+            "logits_to_keep": torch.tensor(inputs.logit_rows, device=self.device),
+        }
+        out = self.model(**kwargs)
+        return out.logits[0].float()
+
+
+def cache_length(cache) -> int:
+    return int(cache.get_seq_length()) if cache is not None else 0

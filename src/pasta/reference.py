@@ -1,0 +1,51 @@
+"""The naive reference interpreter: the test oracle for the cached engine.
+
+It drives the same `Decoding` state machine but keeps no KV cache: every step recomputes a full forward pass
+over all tokens so far, with the layout's full [slots, slots] visibility mask and position ids, and reads the
+logits of the rows that sample. Slow (quadratic) and obviously correct.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .decoding import Decoding
+from .engine import ModelRunner
+from .sampling import SamplingParams, sample
+
+
+@torch.inference_mode()
+def full_forward(runner: ModelRunner, token_ids: list[int], positions: list[int], mask: torch.Tensor) -> torch.Tensor:
+    """Logits [slots, vocab] for a whole laid-out sequence (no cache)."""
+    attention_mask: torch.Tensor | dict = runner._as_model_mask(mask)
+    if runner.window is not None:
+        pos = torch.tensor(positions)
+        sliding = mask & (pos[:, None] - pos[None, :] < runner.window)
+        attention_mask = {"full_attention": attention_mask, "sliding_attention": runner._as_model_mask(sliding)}
+    out = runner.model(
+        input_ids=torch.tensor([token_ids], device=runner.device),
+        position_ids=torch.tensor([positions], device=runner.device),
+        attention_mask=attention_mask,
+        use_cache=False,
+    )
+    return out.logits[0].float()
+
+
+def reference_generate(
+    runner: ModelRunner, decoding: Decoding, sampling: SamplingParams | None = None
+) -> list[tuple[list[int], torch.Tensor]]:
+    """Run `decoding` to the end with full recomputation. Returns per step (thread indices, logits)."""
+    sampling = sampling or SamplingParams()
+    generator = sampling.generator()
+    token_ids: list[int] = []
+    trace: list[tuple[list[int], torch.Tensor]] = []
+    while not decoding.done:
+        inputs = decoding.next_inputs()
+        token_ids.extend(inputs.token_ids)
+        layout = decoding.layout
+        logits_all = full_forward(runner, token_ids, layout.positions, layout.full_mask())
+        rows = [inputs.slots[i] for i in inputs.logit_rows]
+        logits = logits_all[rows]
+        trace.append((decoding.sampler_threads, logits))
+        decoding.advance(sample(logits, sampling, generator))
+    return trace
