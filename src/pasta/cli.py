@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+
+from .data.cli import add_annotate_parser
 
 
 def _add_generate(sub) -> None:
@@ -66,16 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pasta", description="PASTA: learned asynchronous decoding")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
-    for module, name in (("pasta.data.cli", "add_annotate_parser"),):
-        try:
-            register = getattr(__import__(module, fromlist=[name]), name)
-        except (ImportError, AttributeError):
-            continue
-        register(sub)
+    add_annotate_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,311 @@
+"""Rule-based annotation: list items and markdown sections become async chunks (offline, conservative).
+
+This is also the APAR-like baseline: APAR forks at list items and paragraphs of hierarchical answers,
+decided by structure, not meaning. Rules:
+
+- fenced code blocks are opaque (a `# comment` in Python is not a heading, `- x` in YAML not a list);
+- sections: when >= 2 sibling markdown headings at the top-most level exist, each section (heading +
+  content up to the next heading of that level) becomes a chunk; a last section named like a
+  conclusion ("Conclusion", "Summary", ...) stays in the main thread, after the sync, because it
+  usually sums up the others;
+- otherwise lists: every run of >= `min_items` top-level items (numbered or bulleted) where EVERY item
+  has >= `min_words` words and none opens with a word that points back ("Then", "Next", "This", ...)
+  becomes a group of chunks; nested lines belong to their item; procedures are skipped (a list
+  introduced as "steps"/"instructions", an item that mentions "step N", or ends with ':' because its
+  content follows outside it);
+- text before a group stays in the main thread; `<sync/>` follows the group (before any text after it).
+
+Text is never changed: `strip_tags(annotate_structural(text)) == text` exactly. Tags go at line
+starts and before the newline that ends an item, so bodies hold whole lines. A response that already
+contains tag-like text is returned unchanged (it cannot be annotated losslessly).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pasta import lang
+from pasta.data.finalize import (
+    AnnotateStats,
+    AnnotationRejected,
+    AnnotationStore,
+    FinalizeConfig,
+    TokenCounter,
+    approx_token_count,
+    finalize_annotation,
+    has_pasta_tags,
+)
+from pasta.data.sources import Example
+
+__all__ = ["StructuralConfig", "annotate_structural", "annotate_structural_examples", "topic_from_text"]
+
+# Words that make an item depend on the one before it (sequential procedures, back-references).
+_DEPENDENT_OPENERS = frozenset(
+    "then next after afterwards finally lastly this that these those it they subsequently".split()
+)
+_CONCLUSION_RE = re.compile(
+    r"^\s*(?:in\s+)?(?:conclusion|summary|summing up|to sum up|final thoughts|overall|wrap[- ]?up|takeaways?|"
+    r"key takeaways|tl;?dr|bottom line)\b",
+    re.IGNORECASE,
+)
+# A list introduced as steps/instructions is a procedure: each step assumes the ones before it were done.
+_PROCEDURE_INTRO_RE = re.compile(r"\b(?:steps?|instructions?|procedure|in (?:this|the following) order)\b",
+                                 re.IGNORECASE)
+_STEP_REF_RE = re.compile(r"\bsteps?\s*\d", re.IGNORECASE)
+_FENCE_RE = re.compile(r"^ {0,3}(```|~~~)")
+_HEADING_RE = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)[ \t#]*$")
+# Top-level item: up to 3 spaces, a bullet or a number, then a space.
+_ITEM_RE = re.compile(r"^( {0,3})(?:[-*+\u2022]|\d{1,3}[.)])[ \t]+\S")
+_WORD_RE = re.compile(r"\w+(?:['\u2019]\w+)*")
+
+
+@dataclass(frozen=True)
+class StructuralConfig:
+    min_items: int = 2
+    min_words: int = 8  # every item of a group must be at least this long: short items are not worth a thread
+    max_topic_words: int = 6
+    tokens_multiple: int = 10
+    sections: bool = True
+    lists: bool = True
+
+    def __post_init__(self) -> None:
+        if self.min_items < 2:
+            raise ValueError(f"min_items must be >= 2 (one chunk is nothing to parallelize), got {self.min_items}")
+        if self.min_words < 1 or self.max_topic_words < 1 or self.tokens_multiple < 1:
+            raise ValueError("min_words, max_topic_words and tokens_multiple must be >= 1")
+
+
+@dataclass
+class _Line:
+    start: int  # offset of the first character
+    end: int  # offset of the '\n' (or len(text) for the last line)
+    text: str
+    in_code: bool  # inside a fenced block, fences included
+
+
+def _lines(text: str) -> list[_Line]:
+    out: list[_Line] = []
+    pos, in_code = 0, False
+    for raw in text.split("\n"):
+        end = pos + len(raw)
+        fence = bool(_FENCE_RE.match(raw))
+        out.append(_Line(pos, end, raw, in_code or fence))
+        if fence:
+            in_code = not in_code
+        pos = end + 1
+    return out
+
+
+def topic_from_text(text: str, max_words: int = 6) -> str:
+    """A short topic from a chunk's opening: a bold lead or a 'Title:' lead if short, else its first words."""
+    first = text.strip().split("\n", 1)[0]
+    first = re.sub(r"^ {0,3}(?:#{1,6}[ \t]+|[-*+\u2022][ \t]+|\d{1,3}[.)][ \t]+)", "", first)
+    bold = re.match(r"^\s*(\*\*|__)(.+?)\1", first)
+    # The first clause is usually the point of the item ("Exercise regularly, aiming for ...").
+    lead = bold.group(2) if bold else re.split(r"[,;:.!?(\u2014]|\s[-\u2013]\s", first, maxsplit=1)[0]
+    words = _WORD_RE.findall(lead)
+    if not words or len(words) > max_words:
+        words = _WORD_RE.findall(first)
+    return " ".join(words[:max_words])
+
+
+def _is_blank(line: _Line) -> bool:
+    return not line.text.strip()
+
+
+def _sections(lines: list[_Line]) -> list[tuple[int, int]]:
+    """(first line, end line exclusive) per sibling section; [] when no level has >= 2 headings.
+
+    The level is the shallowest one with two or more headings that no shallower heading interrupts
+    (so a single '# Title' above '## A', '## B' does not hide the sections)."""
+    heads = [(i, len(m.group(1))) for i, ln in enumerate(lines)
+             if not ln.in_code and (m := _HEADING_RE.match(ln.text))]
+    for level in sorted({lv for _, lv in heads}):
+        starts = [i for i, lv in heads if lv == level]
+        if len(starts) < 2 or any(lv < level and i > starts[0] for i, lv in heads):
+            continue
+        return [(s, starts[k + 1] if k + 1 < len(starts) else len(lines)) for k, s in enumerate(starts)]
+    return []
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" \t"))
+
+
+def _item_indent(line: _Line) -> int | None:
+    """Indentation of a list item's marker, or None when the line is not an item."""
+    if line.in_code:
+        return None
+    m = _ITEM_RE.match(line.text)
+    return len(m.group(1)) if m else None
+
+
+def _lists(lines: list[_Line]) -> list[list[tuple[int, int]]]:
+    """Runs of sibling items (same marker indentation); each item is (first line, end line exclusive).
+
+    An item runs over: more-indented lines (nested lists, indented code), lazy continuation lines right
+    after its text, and blank lines followed by a more-indented line. Trailing blank lines are excluded."""
+    groups: list[list[tuple[int, int]]] = []
+    n, i = len(lines), 0
+    while i < n:
+        indent = _item_indent(lines[i])
+        if indent is None:
+            i += 1
+            continue
+        items: list[tuple[int, int]] = []
+        while True:
+            j = i + 1
+            while j < n:
+                ln = lines[j]
+                if _is_blank(ln):
+                    k = j
+                    while k < n and _is_blank(lines[k]):
+                        k += 1
+                    if k < n and _indent(lines[k].text) > indent and (_item_indent(lines[k]) or 99) > indent:
+                        j = k
+                        continue
+                    break
+                sub = _item_indent(ln)
+                if sub is not None and sub <= indent:
+                    break  # a sibling (or a shallower list)
+                if ln.in_code:
+                    # A fenced block belongs to the item when it is indented under it (or we are inside one).
+                    if _indent(ln.text) > indent or lines[j - 1].in_code:
+                        j += 1
+                        continue
+                    break
+                if _HEADING_RE.match(ln.text):
+                    break
+                j += 1  # nested line or lazy continuation
+            items.append((i, j))
+            k = j
+            while k < n and _is_blank(lines[k]):
+                k += 1
+            if k < n and _item_indent(lines[k]) == indent:
+                i = k  # a loose list: blank lines between siblings keep it going
+                continue
+            break
+        groups.append(items)
+        i = j
+    return groups
+
+
+def _first_word(text: str) -> str:
+    m = _WORD_RE.search(re.sub(r"^ {0,3}(?:[-*+\u2022]|\d{1,3}[.)])[ \t]+", "", text))
+    return m.group(0).lower() if m else ""
+
+
+def annotate_structural(
+    text: str,
+    count_tokens: TokenCounter | None = None,
+    config: StructuralConfig = StructuralConfig(),
+) -> str:
+    """Valid Pasta-Lang whose plain text is exactly `text`; unchanged when nothing qualifies."""
+    if not text.strip() or has_pasta_tags(text):
+        return text
+    result = _insert_tags(text, count_tokens or approx_token_count, config)
+    # Never hand back something that changed the answer or does not parse; unannotated is always valid.
+    if lang.strip_tags(result) != text or not lang.is_valid(result):
+        return text
+    return result
+
+
+def _insert_tags(text: str, count: TokenCounter, config: StructuralConfig) -> str:
+    """The rules themselves (tests check their output directly, without the safety net above)."""
+    lines = _lines(text)
+
+    def span_text(first: int, end: int) -> tuple[int, int]:
+        return lines[first].start, lines[end - 1].end
+
+    def trim_blank(first: int, end: int) -> int:
+        while end > first + 1 and _is_blank(lines[end - 1]):
+            end -= 1
+        return end
+
+    # Each group: a list of (start offset, end offset) bodies, then where its sync goes.
+    groups: list[tuple[list[tuple[int, int]], int]] = []
+    sections = _sections(lines) if config.sections else []
+    if len(sections) >= config.min_items:
+        if _CONCLUSION_RE.match(_HEADING_RE.match(lines[sections[-1][0]].text).group(2)):
+            sections = sections[:-1]
+        bodies = [span_text(s, trim_blank(s, e)) for s, e in sections]
+        if len(bodies) >= config.min_items and all(
+            len(_WORD_RE.findall(text[a:b])) >= config.min_words for a, b in bodies
+        ):
+            groups.append((bodies, bodies[-1][1]))
+    if not groups and config.lists:
+        for items in _lists(lines):
+            if len(items) < config.min_items:
+                continue
+            bodies = [span_text(s, e) for s, e in items]
+            item_texts = [text[a:b] for a, b in bodies]
+            if any(len(_WORD_RE.findall(t)) < config.min_words for t in item_texts):
+                continue
+            if any(_first_word(t) in _DEPENDENT_OPENERS for t in item_texts[1:]):
+                continue
+            if any(t.rstrip().endswith(":") or _STEP_REF_RE.search(t) for t in item_texts):
+                continue  # an item whose content follows outside it, or that points at another step
+            intro = next((ln.text for ln in reversed(lines[: items[0][0]]) if not _is_blank(ln)), "")
+            if _PROCEDURE_INTRO_RE.search(intro):
+                continue
+            groups.append((bodies, bodies[-1][1]))
+    if not groups:
+        return text
+
+    out: list[str] = []
+    last = 0
+    for bodies, body_end in groups:
+        for a, b in bodies:
+            body = text[a:b]
+            tokens = lang.tokens_attr_from_count(count(body), config.tokens_multiple)
+            topic = topic_from_text(body, config.max_topic_words) or "part"
+            out.append(text[last:a])
+            out.append(lang.promise_tag(topic, tokens) + lang.ASYNC_OPEN + body + lang.ASYNC_CLOSE)
+            last = b
+        # The sync goes at the start of the next non-blank line (or the very end), before what comes next.
+        m = re.compile(r"\S").search(text, body_end)
+        sync_at = max(body_end, text.rfind("\n", 0, m.start()) + 1) if m else len(text)
+        out.append(text[last:sync_at] + lang.SYNC)
+        last = sync_at
+    out.append(text[last:])
+    return "".join(out)
+
+
+def annotate_structural_examples(
+    examples: Iterable[Example],
+    out_path: str | Path,
+    rejects_path: str | Path,
+    *,
+    count_tokens: TokenCounter | None = None,
+    config: StructuralConfig = StructuralConfig(),
+    progress: bool = True,
+) -> AnnotateStats:
+    """The file pipeline of the structural annotator: same rows, rejects and resume rules as annotate_llm.
+
+    Unstructured responses are kept, unannotated (the model must also learn when not to fork)."""
+    from tqdm.auto import tqdm
+
+    count = count_tokens or approx_token_count
+    finalize_cfg = FinalizeConfig(tokens_multiple=config.tokens_multiple)
+    stats = AnnotateStats()
+    with AnnotationStore(out_path, rejects_path) as store:
+        for ex in tqdm(examples, desc="annotate", unit="ex", disable=not progress):
+            stats.total += 1
+            if ex.id in store.done:
+                stats.skipped_done += 1
+                continue
+            try:
+                # finalize re-checks what the rules produced, with the same rules as LLM annotations.
+                annotated = finalize_annotation(ex.response, annotate_structural(ex.response, count, config),
+                                                count, finalize_cfg)
+            except AnnotationRejected as rej:
+                store.reject(ex, rej.reason, rej.detail, "structural")
+                stats.reject(rej.reason)
+                continue
+            store.accept(ex, annotated, "structural")
+            stats.accepted += 1
+            stats.annotated += "<promise" in annotated
+    return stats

@@ -1,0 +1,112 @@
+"""`pasta annotate`: turn a source of instruction/response pairs into Pasta-Lang training data.
+
+    pasta annotate --annotator structural --source sharegpt --out data/sft.jsonl
+    pasta annotate --annotator openai --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-72B-Instruct \\
+        --source sharegpt --out data/sft.jsonl --concurrency 32
+
+The main CLI (pasta.cli) calls `add_annotate_parser(subparsers)`; the parsed args go to `run_annotate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["add_annotate_parser", "run_annotate"]
+
+log = logging.getLogger(__name__)
+
+
+def add_annotate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "annotate",
+        help="annotate instruction/response pairs with Pasta-Lang (LLM or rules)",
+        description="Annotate responses with Pasta-Lang tags. Output rows: {id, prompt, response, annotated, "
+        "source, annotator}; rejects go to a separate file with a reason. Reruns resume where they stopped.",
+    )
+    p.add_argument("--annotator", choices=("openai", "structural"), default="structural",
+                   help="openai: an LLM behind an OpenAI-compatible server; structural: offline list/section rules")
+    p.add_argument("--source", default="sharegpt",
+                   help="'sharegpt' (bundled), a .jsonl file, or a folder saved with datasets.save_to_disk")
+    p.add_argument("--out", required=True, type=Path, help="output JSONL (appended to; resumable)")
+    p.add_argument("--rejects", type=Path, default=None, help="rejects JSONL (default: <out stem>.rejects.jsonl)")
+    p.add_argument("--limit", type=int, default=None, help="annotate at most this many examples of the source")
+    p.add_argument("--include-eval-prompts", action="store_true",
+                   help="keep examples whose prompt is an AlpacaEval prompt (dropped by default)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer for the `tokens` attribute: a HF folder, a .gguf file, or 'default' (the embedded "
+                   "model); default: a tokenizer-free approximation")
+    g = p.add_argument_group("openai annotator")
+    g.add_argument("--base-url", default=None, help="e.g. http://localhost:8000/v1 (vLLM, SGLang, llama.cpp, hosted)")
+    g.add_argument("--model", default=None, help="model name as the server knows it")
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    g.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--max-tokens", type=int, default=None, help="cap on the annotator's reply length")
+    g.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    g.add_argument("--max-retries", type=int, default=4, help="retries on 429/5xx/connection errors")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_annotate)
+    return p
+
+
+def _rejects_path(out: Path, rejects: Path | None) -> Path:
+    if rejects is not None:
+        return rejects
+    name = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
+    return out.with_name(f"{name}.rejects.jsonl")
+
+
+def run_annotate(args: argparse.Namespace) -> int:
+    """Runs one annotate command; returns the exit status (0 on success, 2 on bad arguments)."""
+    from pasta.data.finalize import load_token_counter
+    from pasta.data.sources import SourceStats, load_examples
+
+    if args.annotator == "openai" and (not args.base_url or not args.model):
+        print("error: --annotator openai needs --base-url and --model", file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 0:
+        print("error: --limit must be >= 0", file=sys.stderr)
+        return 2
+    rejects = _rejects_path(args.out, args.rejects)
+    count_tokens = load_token_counter(args.tokenizer)
+    stats_src = SourceStats()
+    examples = list(load_examples(args.source, limit=args.limit, exclude_eval=not args.include_eval_prompts,
+                                  stats=stats_src))
+    progress = not getattr(args, "no_progress", False)
+
+    if args.annotator == "structural":
+        from pasta.data.annotate_structural import annotate_structural_examples
+
+        stats = annotate_structural_examples(examples, args.out, rejects, count_tokens=count_tokens,
+                                             progress=progress)
+    else:
+        from pasta.data.annotate_llm import annotate_llm
+        from pasta.openai_client import OpenAIClient
+
+        client = OpenAIClient(args.base_url, api_key_env=args.api_key_env, timeout=args.timeout,
+                              max_retries=args.max_retries)
+        stats = annotate_llm(examples, client, args.model, args.out, rejects, args.concurrency,
+                             count_tokens=count_tokens, temperature=args.temperature, max_tokens=args.max_tokens,
+                             progress=progress)
+    print(f"source {args.source}: {stats_src.rows} rows, {stats_src.skipped} bad rows skipped, "
+          f"{stats_src.excluded_eval} eval prompts excluded")
+    print(f"annotate: {stats.summary()}")
+    print(f"output: {args.out}\nrejects: {rejects}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (`python -m pasta.data.cli annotate ...`) until the main CLI wires it in."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="pasta")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_annotate_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""The rule-based annotator: valid Pasta-Lang, text preserved exactly, conservative about what it marks."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pasta import lang
+from pasta.data.annotate_structural import (
+    StructuralConfig,
+    _insert_tags,
+    annotate_structural,
+    annotate_structural_examples,
+    topic_from_text,
+)
+from pasta.data.finalize import approx_token_count, has_pasta_tags
+from pasta.data.sources import Example
+
+LONG = "each item has plenty of words so that it is clearly worth its own thread"
+
+
+def check(text: str, **kw) -> lang.AnnotatedResponse:
+    out = annotate_structural(text, **kw)
+    assert lang.strip_tags(out) == text
+    assert lang.is_valid(out), lang.validate(out)
+    if not has_pasta_tags(text):  # the rules alone must be sound, not just the safety net behind them
+        raw = _insert_tags(text, kw.get("count_tokens") or approx_token_count, kw.get("config", StructuralConfig()))
+        assert raw == out
+    return lang.to_structure(out, strict=True)
+
+
+def test_numbered_list_with_intro_and_outro():
+    text = (f"Here are some tips:\n\n1. Sleep: {LONG}.\n2. Food: {LONG}.\n3. Exercise: {LONG}.\n\n"
+            "Overall, these habits add up.")
+    out = annotate_structural(text)
+    s = check(text)
+    assert [c.topic for c in s.chunks] == ["Sleep", "Food", "Exercise"]
+    assert [c.body for c in s.chunks] == [f"1. Sleep: {LONG}.", f"2. Food: {LONG}.", f"3. Exercise: {LONG}."]
+    assert out.startswith("Here are some tips:\n\n<promise ")
+    assert out.endswith("</async>\n\n<sync/>Overall, these habits add up.")
+    for c in s.chunks:
+        assert c.tokens is not None and c.tokens % 10 == 0 and c.tokens >= len(c.body.split())
+
+
+def test_tokens_come_from_the_given_counter():
+    text = f"- {LONG}\n- {LONG} and more"
+    s = check(text, count_tokens=lambda body: 123)
+    assert [c.tokens for c in s.chunks] == [130, 130]
+    s = check(text, count_tokens=len, config=StructuralConfig(tokens_multiple=5))
+    assert [c.tokens for c in s.chunks] == [-(-len(c.body) // 5) * 5 for c in s.chunks]
+
+
+def test_nested_lines_and_loose_items_stay_with_their_item():
+    text = (f"* First {LONG}:\n  - nested a\n  - nested b\n\n  continued paragraph of the first item\n\n"
+            f"* Second {LONG}\n  lazy continuation line\n")
+    s = check(text)
+    assert len(s.chunks) == 2
+    assert "nested b" in s.chunks[0].body and "continued paragraph" in s.chunks[0].body
+    assert s.chunks[1].body.endswith("lazy continuation line")
+
+
+def test_sections_and_conclusion_after_sync():
+    text = (f"# Title\n\nIntro.\n\n## Cats\n\nCats {LONG}.\n\n## Dogs\n\nDogs {LONG}.\n\n"
+            "## Conclusion\n\nBoth are fine.\n")
+    s = check(text)
+    assert [c.topic for c in s.chunks] == ["Cats", "Dogs"]
+    assert lang.to_structure(annotate_structural(text)).parts[-1].text == "## Conclusion\n\nBoth are fine.\n"
+
+
+def test_unstructured_and_small_structures_are_left_alone():
+    cases = [
+        "Paris is the capital of France.",
+        "",
+        "- a\n- b\n- c",  # items too short
+        f"1. {LONG}",  # one item is not parallelism
+        f"1. Open the file {LONG}.\n2. Then close it {LONG}.",  # sequential steps
+        f"- {LONG}\n- short one",  # one short item: the whole list stays sequential
+        f"```python\n# {LONG}\nx = 1\n# {LONG}\n```\n",  # headings inside code are not headings
+        f"```\n- {LONG}\n- {LONG}\n```",  # nor lists
+        f"Text with a tag <sync/> in it.\n\n- {LONG}\n- {LONG}",  # cannot be annotated losslessly
+    ]
+    for text in cases:
+        assert annotate_structural(text) == text, text
+
+
+def test_topic_from_text():
+    assert topic_from_text("1. **Stay hydrated.** Drink water.") == "Stay hydrated"
+    assert topic_from_text("## Effects on cities\nbody") == "Effects on cities"
+    assert topic_from_text("- Exercise regularly, aiming for 150 minutes") == "Exercise regularly"
+    assert len(topic_from_text("- " + LONG).split()) == 6
+
+
+_word = st.text(alphabet="abcdefghij", min_size=1, max_size=6)
+_item = st.lists(_word, min_size=1, max_size=14).map(" ".join)
+_marker = st.sampled_from(["-", "*", "+", "1.", "2)", "10."])
+_gap = st.sampled_from(["\n", "\n\n", "\n  \n"])
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(intro=st.sampled_from(["", "Intro line:\n", "Some intro.\n\n"]),
+       items=st.lists(st.tuples(_marker, _item, st.booleans()), min_size=0, max_size=6),
+       gap=_gap, outro=st.sampled_from(["", "\n", "\n\nOutro text.", "\nlazy tail"]))
+def test_lists_are_always_valid_and_text_preserving(intro, items, gap, outro):
+    lines = []
+    for marker, body, nested in items:
+        lines.append(f"{marker} {body}" + (f"\n   - sub {body}" if nested else ""))
+    text = intro + gap.join(lines) + outro
+    s = check(text)
+    # Words the rules count per item: the body, a nested line ("sub" + body), a number marker, a lazy tail.
+    words = [len(b.split()) * (2 if nested else 1) + nested + marker[0].isdigit() for marker, b, nested in items]
+    if words and outro == "\nlazy tail":
+        words[-1] += 2
+    if len(items) >= 2 and min(words) >= 8:
+        assert len(s.chunks) == len(items)  # every item of a qualifying list is a chunk
+        assert sum(isinstance(p, lang.SyncMark) for p in s.parts) == 1
+    else:
+        assert not s.chunks
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(list("ab #-*1.\n\t`<>/") + ["word ", "```\n", "## ", "\n- ", "\n1. ", "  ",
+                                                               "one two three four five six seven eight "]),
+                max_size=80).map("".join))
+def test_arbitrary_markdownish_text_is_never_changed(text):
+    check(text)
+
+
+def test_file_pipeline_writes_rows_and_resumes(tmp_path):
+    examples = [Example("s:1", "p", f"Tips:\n- {LONG}\n- {LONG}", "s"), Example("s:2", "p", "Plain.", "s"),
+                Example("s:3", "p", "has <async> text", "s")]
+    out, rej = tmp_path / "out.jsonl", tmp_path / "rej.jsonl"
+    stats = annotate_structural_examples(examples, out, rej, progress=False)
+    assert (stats.accepted, stats.annotated, stats.rejected) == (2, 1, 1)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["s:1", "s:2"]
+    assert rows[0]["annotator"] == "structural" and lang.strip_tags(rows[0]["annotated"]) == rows[0]["response"]
+    assert json.loads(rej.read_text())["reason"] == "source_has_tags"
+    again = annotate_structural_examples(examples, out, rej, progress=False)
+    assert again.skipped_done == 3 and again.accepted == 0
+    assert len(out.read_text().splitlines()) == 2
