@@ -8,6 +8,7 @@ import logging
 import sys
 
 from .data.cli import add_annotate_parser
+from .train.cli import add_train_parser
 
 
 def _add_generate(sub) -> None:
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     add_annotate_parser(sub)
+    add_train_parser(sub)
     return parser
 
 

@@ -30,6 +30,32 @@ def _sliding_window(config) -> int | None:
     return None
 
 
+def model_attention_mask(
+    model: torch.nn.Module, mask: torch.Tensor, q_positions: torch.Tensor, k_positions: torch.Tensor
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """What to pass as `attention_mask` for a visibility mask [B, 1, q, k] (bool, True = attend).
+
+    Eager attention wants an additive float mask. Models with sliding-window layers (Gemma 2/3, ...) get a dict
+    with the window applied by *position*, since in a Pasta layout cache order is not position order.
+    Used by the engine, the naive oracle and the training collator alike."""
+    config = model.config
+    dtype = next(model.parameters()).dtype
+    device = next(model.parameters()).device
+
+    def convert(m: torch.Tensor) -> torch.Tensor:
+        m = m.to(device)
+        if getattr(config, "_attn_implementation", "sdpa") == "eager":
+            return torch.zeros(m.shape, dtype=dtype, device=device).masked_fill(~m, torch.finfo(dtype).min)
+        return m
+
+    window = _sliding_window(config)
+    if window is None:
+        return convert(mask)
+    q = q_positions.reshape(mask.shape[0], 1, -1, 1).to(mask.device)
+    k = k_positions.reshape(mask.shape[0], 1, 1, -1).to(mask.device)
+    return {"full_attention": convert(mask), "sliding_attention": convert(mask & (q - k < window))}
+
+
 class ModelRunner:
     """Wraps a causal LM; stateless apart from the model (each request owns its cache)."""
 
@@ -38,11 +64,9 @@ class ModelRunner:
         self.config = model.config
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.window = _sliding_window(self.config)
         params = inspect.signature(model.forward).parameters
         # transformers >= 5 calls the cache `cache`; older releases `past_key_values`.
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
-        self._additive_mask = getattr(self.config, "_attn_implementation", "sdpa") == "eager"
 
     def new_cache(self):
         from transformers import DynamicCache
@@ -57,26 +81,15 @@ class ModelRunner:
             mask[i, : row.numel()] = row
         return mask
 
-    def _as_model_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        mask = mask[None, None].to(self.device)
-        if self._additive_mask:
-            return torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill(
-                ~mask, torch.finfo(self.dtype).min
-            )
-        return mask
-
     @torch.inference_mode()
     def forward(self, cache, inputs: StepInputs, key_positions: list[int]) -> torch.Tensor:
         """Feed `inputs` (appended to `cache`); returns float32 logits [len(logit_rows), vocab].
         `key_positions` are the position ids of every slot so far (used for sliding-window layers)."""
         total = inputs.slots[-1] + 1
-        mask = self._mask(inputs.rows, total)
-        attention_mask: torch.Tensor | dict = self._as_model_mask(mask)
-        if self.window is not None:
-            q_pos = torch.tensor(inputs.positions)[:, None]
-            k_pos = torch.tensor(key_positions[:total])[None, :]
-            sliding = mask & (q_pos - k_pos < self.window)
-            attention_mask = {"full_attention": attention_mask, "sliding_attention": self._as_model_mask(sliding)}
+        mask = self._mask(inputs.rows, total)[None, None]
+        attention_mask = model_attention_mask(
+            self.model, mask, torch.tensor(inputs.positions), torch.tensor(key_positions[:total])
+        )
         kwargs = {
             "input_ids": torch.tensor([inputs.token_ids], device=self.device),
             "position_ids": torch.tensor([inputs.positions], device=self.device),

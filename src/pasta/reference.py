@@ -10,18 +10,15 @@ from __future__ import annotations
 import torch
 
 from .decoding import Decoding
-from .engine import ModelRunner
+from .engine import ModelRunner, model_attention_mask
 from .sampling import SamplingParams, sample
 
 
 @torch.inference_mode()
 def full_forward(runner: ModelRunner, token_ids: list[int], positions: list[int], mask: torch.Tensor) -> torch.Tensor:
     """Logits [slots, vocab] for a whole laid-out sequence (no cache)."""
-    attention_mask: torch.Tensor | dict = runner._as_model_mask(mask)
-    if runner.window is not None:
-        pos = torch.tensor(positions)
-        sliding = mask & (pos[:, None] - pos[None, :] < runner.window)
-        attention_mask = {"full_attention": attention_mask, "sliding_attention": runner._as_model_mask(sliding)}
+    pos = torch.tensor(positions)
+    attention_mask = model_attention_mask(runner.model, mask[None, None], pos, pos)
     out = runner.model(
         input_ids=torch.tensor([token_ids], device=runner.device),
         position_ids=torch.tensor([positions], device=runner.device),

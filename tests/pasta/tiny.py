@@ -49,3 +49,40 @@ def tiny_model(family: str = "llama", seed: int = 0, vocab: int = 259, dtype=tor
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
     return model
+
+
+SAMPLE_TEXT = (
+    'Tips:\n<promise topic="sleep" tokens="10"/><async>1. Sleep eight hours.</async>\n'
+    '<promise topic="food" tokens="10"/><async>2. Eat vegetables.</async>\n<sync/>In short, be kind to yourself. '
+    "The quick brown fox jumps over the lazy dog. Write a short answer to the question below, please."
+)
+
+
+def tiny_hf_folder(path, family: str = "llama", seed: int = 0):
+    """A saved Hugging Face folder (tiny random model + a small byte-level BPE tokenizer trained here, with a chat
+    template): loads through the same code paths as a real model, no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|im_start|>", "<|im_end|>", "<pad>"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([SAMPLE_TEXT] * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<pad>")
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    vocab = len(fast)
+    model = tiny_model(family, seed=seed, vocab=vocab)
+    for cfg in (model.config, model.generation_config):
+        cfg.eos_token_id = fast.eos_token_id
+        cfg.bos_token_id = fast.bos_token_id
+        cfg.pad_token_id = fast.pad_token_id
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return path

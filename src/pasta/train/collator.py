@@ -1,0 +1,119 @@
+"""Layout-exact training examples: an annotated response laid out exactly as the interpreter decodes it.
+
+The example is replayed through the interpreter's own state machine (`pasta.decoding.Decoding`) under teacher
+forcing, without a model. Tokens come out in KV-cache order (threads interleaved), each with the position id and
+visibility row the interpreter gives it, and a label: the token its own thread produces next. So the loss is
+computed on exactly the conditionals the model meets at inference (a test checks the log-probs agree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..decoding import DecodeLimits, Decoding
+from ..engine import model_attention_mask
+from ..forcing import forced_program
+from ..layout import LayoutConfig
+
+IGNORE = -100
+_UNLIMITED = DecodeLimits(max_new_tokens=10**9, max_thread_tokens=10**9, max_threads=10**6)
+
+
+@dataclass
+class LaidOut:
+    input_ids: torch.Tensor  # [n] long, KV-cache order
+    position_ids: torch.Tensor  # [n] long
+    attention_mask: torch.Tensor  # [n, n] bool: row i = what token i attends to
+    labels: torch.Tensor  # [n] long: next token of the same thread, or -100
+    prompt_length: int
+
+    def __len__(self) -> int:
+        return int(self.input_ids.numel())
+
+
+def layout_example(
+    tokenizer,
+    prompt_ids: list[int],
+    annotated: str,
+    layout_config: LayoutConfig | None = None,
+    eos_id: int | None = None,
+    *,
+    train_on_prompt: bool = False,
+) -> LaidOut:
+    eos = tokenizer.eos_token_id if eos_id is None else eos_id
+    program = forced_program(tokenizer, annotated, eos_id=eos)
+    decoding = Decoding(
+        prompt_ids, tokenizer, eos_ids={eos}, layout_config=layout_config, limits=_UNLIMITED,
+        forced_main=program.main, forced_chunks=program.chunks,
+    )
+    token_ids: list[int] = []
+    labels: list[int] = []
+    while not decoding.done:
+        inputs = decoding.next_inputs()
+        token_ids.extend(inputs.token_ids)
+        labels.extend([IGNORE] * len(inputs.token_ids))
+        taken = decoding.advance([eos] * len(inputs.logit_rows))  # the teacher overrides these
+        for row, token in zip(inputs.logit_rows, taken):
+            labels[inputs.slots[row]] = token
+    n = len(token_ids)
+    if train_on_prompt:
+        labels[: len(prompt_ids) - 1] = token_ids[1 : len(prompt_ids)]
+    return LaidOut(
+        input_ids=torch.tensor(token_ids, dtype=torch.long),
+        position_ids=torch.tensor(decoding.layout.positions, dtype=torch.long),
+        attention_mask=decoding.layout.full_mask()[:n, :n],
+        labels=torch.tensor(labels, dtype=torch.long),
+        prompt_length=len(prompt_ids),
+    )
+
+
+def collate(examples: list[LaidOut], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Right-pad a batch. Padding rows attend only to themselves (a fully masked row would give NaN)."""
+    longest = max(len(e) for e in examples)
+    batch = len(examples)
+    input_ids = torch.full((batch, longest), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((batch, longest), dtype=torch.long)
+    labels = torch.full((batch, longest), IGNORE, dtype=torch.long)
+    mask = torch.eye(longest, dtype=torch.bool).repeat(batch, 1, 1)
+    for b, e in enumerate(examples):
+        n = len(e)
+        input_ids[b, :n] = e.input_ids
+        position_ids[b, :n] = e.position_ids
+        labels[b, :n] = e.labels
+        mask[b, :n, :n] = e.attention_mask
+    return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask[:, None], "labels": labels}
+
+
+def forward_laid_out(model, batch: dict[str, torch.Tensor]):
+    positions = batch["position_ids"]
+    mask = model_attention_mask(model, batch["attention_mask"], positions, positions)
+    return model(input_ids=batch["input_ids"], position_ids=positions, attention_mask=mask, use_cache=False)
+
+
+def token_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(label) per position [B, n] with 0 where unlabelled, label mask [B, n]). Labels are already aligned
+    with the token whose logits predict them: no shift."""
+    logits = forward_laid_out(model, batch).logits.float()
+    labels = batch["labels"]
+    valid = labels != IGNORE
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+    return logp * valid, valid
+
+
+def sequence_logprob(model, laid_out: LaidOut | list[LaidOut], pad_id: int = 0) -> torch.Tensor:
+    """Sum of log p(label) over labelled positions: a scalar for one example, [B] for a list."""
+    examples = laid_out if isinstance(laid_out, list) else [laid_out]
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in collate(examples, pad_id).items()}
+    logp, _ = token_logprobs(model, batch)
+    sums = logp.sum(dim=-1)
+    return sums if isinstance(laid_out, list) else sums[0]
+
+
+def causal_lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean token cross-entropy over labelled positions (the SFT loss)."""
+    logits = forward_laid_out(model, batch).logits.float()
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"].reshape(-1), ignore_index=IGNORE)

@@ -1,0 +1,257 @@
+"""Stage 1: supervised fine-tuning on annotated responses, in the Pasta layout (`pasta train sft`).
+
+Hugging Face Trainer with the layout-exact collator: checkpoints and `--resume`, gradient accumulation, bf16 where
+asked, LoRA (peft) or full fine-tuning; the same script runs under `accelerate launch` / `torchrun` on several GPUs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..lang import is_valid, to_structure
+from ..layout import LayoutConfig
+from .collator import LaidOut, causal_lm_loss, collate, layout_example
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTConfig:
+    data: list[str]  # JSONL files: {prompt, annotated} rows (as written by `pasta annotate`)
+    output_dir: str
+    model: str | None = None  # HF folder / .gguf / None = the embedded default
+    lora: bool = True
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    learning_rate: float = 3e-4
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 512  # longer examples are skipped, not truncated (a cut chunk would teach broken tags)
+    max_prompt_tokens: int = 256
+    max_examples: int | None = None
+    annotated_fraction: float | None = 0.8  # share of examples with at least one promise (None: as in the data)
+    bf16: bool = False
+    seed: int = 0
+    save_steps: int = 50
+    logging_steps: int = 5
+    resume: bool = False
+    reserve_factor: float = 2.0
+    default_tokens: int = 64
+    torch_threads: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("give at least one data file")
+        for path in self.data:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"training data {path} not found")
+        if self.lora_r < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("lora_r, batch_size and grad_accum must be >= 1")
+        if not (self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.annotated_fraction is not None and not (0 <= self.annotated_fraction <= 1):
+            raise ValueError(f"annotated_fraction must be in [0, 1], got {self.annotated_fraction}")
+        if self.max_length < 16:
+            raise ValueError("max_length must be >= 16")
+
+    @property
+    def layout(self) -> LayoutConfig:
+        return LayoutConfig(reserve_factor=self.reserve_factor, default_tokens=self.default_tokens)
+
+
+def read_rows(paths: list[str]) -> list[dict]:
+    """Rows with a prompt and an annotated response; bad rows are reported (file:line) and skipped."""
+    rows = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    log.warning("%s:%d: not JSON (%s); skipped", path, line_no, exc)
+                    continue
+                prompt, annotated = row.get("prompt"), row.get("annotated", row.get("response"))
+                if not isinstance(prompt, str) or not isinstance(annotated, str) or not prompt or not annotated:
+                    log.warning("%s:%d: needs non-empty string fields prompt and annotated; skipped", path, line_no)
+                    continue
+                if not is_valid(annotated):
+                    log.warning("%s:%d: annotated response is not valid Pasta-Lang; skipped", path, line_no)
+                    continue
+                rows.append({"prompt": prompt, "annotated": annotated, "id": row.get("id", f"{path}:{line_no}")})
+    return rows
+
+
+def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
+    return tokenizer.encode(prompt, add_special_tokens=True)
+
+
+def build_examples(config: SFTConfig, tokenizer, rows: list[dict]) -> tuple[list[LaidOut], dict]:
+    """Lay out rows, keeping those that fit, mixing annotated and plain answers as configured."""
+    rng = random.Random(config.seed)
+    with_chunks = [r for r in rows if to_structure(r["annotated"]).chunks]
+    plain = [r for r in rows if not to_structure(r["annotated"]).chunks]
+    rng.shuffle(with_chunks)
+    rng.shuffle(plain)
+    stats = {"rows": len(rows), "with_chunks": len(with_chunks), "too_long": 0}
+
+    def lay(pool: list[dict], want: int) -> list[LaidOut]:
+        out = []
+        for row in pool:
+            if len(out) >= want:
+                break
+            prompt_ids = chat_prompt_ids(tokenizer, row["prompt"])
+            if len(prompt_ids) > config.max_prompt_tokens:
+                stats["too_long"] += 1
+                continue
+            laid = layout_example(tokenizer, prompt_ids, row["annotated"], config.layout)
+            if len(laid) > config.max_length:
+                stats["too_long"] += 1
+                continue
+            out.append(laid)
+        return out
+
+    total = config.max_examples or len(rows)
+    if config.annotated_fraction is None:
+        examples = lay(with_chunks + plain, total)
+    else:
+        annotated = lay(with_chunks, round(total * config.annotated_fraction))
+        n_plain = round(len(annotated) * (1 - config.annotated_fraction) / max(config.annotated_fraction, 1e-9))
+        examples = annotated + lay(plain, min(n_plain, total - len(annotated)))
+    rng.shuffle(examples)
+    stats["examples"] = len(examples)
+    stats["examples_with_chunks"] = sum(1 for e in examples if _has_fork(e))
+    stats["tokens"] = sum(len(e) for e in examples)
+    return examples, stats
+
+
+def _has_fork(laid: LaidOut) -> bool:
+    return bool((laid.position_ids[1:] - laid.position_ids[:-1] != 1).any())
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    def __init__(self, items: list[LaidOut]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> LaidOut:
+        return self.items[i]
+
+
+def train_sft(config: SFTConfig, callbacks: list | None = None) -> Path:
+    """Fine-tune; returns the folder holding the adapter (or full model), its layout and the training log.
+    An interrupted run (Ctrl-C, a crash) resumes from its latest checkpoint with `resume=True`."""
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    from ..models import load_model
+
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(config.seed)  # before the adapter's random init, so a resumed run rebuilds the same model
+    loaded = load_model(config.model, dtype="float32", adapter=False)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    model.train()
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules="all-linear", task_type="CAUSAL_LM",
+        ))
+    rows = read_rows(config.data)
+    examples, data_stats = build_examples(config, tokenizer, rows)
+    if not examples:
+        raise ValueError(f"no usable training example in {config.data} (all too long or invalid)")
+    log.info("training data: %s", data_stats)
+    (out / "data_stats.json").write_text(json.dumps(data_stats, indent=2))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    class PastaTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = causal_lm_loss(model, inputs)
+            return (loss, None) if return_outputs else loss
+
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        lr_scheduler_type="linear",
+        warmup_steps=max(1, int(0.03 * _total_steps(config, len(examples)))),
+        logging_steps=config.logging_steps,
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        bf16=config.bf16,
+        seed=config.seed,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = PastaTrainer(
+        model=model, args=args, train_dataset=_ListDataset(examples),
+        data_collator=lambda batch: collate(batch, pad_id), callbacks=callbacks,
+    )
+    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=bool(config.resume and checkpoints) or None)
+    model.save_pretrained(out)
+    if not config.lora:
+        tokenizer.save_pretrained(out)
+    (out / "pasta_layout.json").write_text(json.dumps(asdict(config.layout)))
+    (out / "sft_config.json").write_text(json.dumps(asdict(config), indent=2))
+    write_loss_log(trainer.state.log_history, out)
+    return out
+
+
+def _total_steps(config: SFTConfig, n: int) -> int:
+    if config.max_steps > 0:
+        return config.max_steps
+    return math.ceil(n / (config.batch_size * config.grad_accum) * config.epochs)
+
+
+def write_loss_log(history: list[dict], out: Path) -> None:
+    """training_log.csv and loss.png from the Trainer's log history."""
+    points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    with open(out / "training_log.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "loss"])
+        writer.writerows(points)
+    if not points:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker=".")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (layout-exact)")
+    ax.set_title("pasta train sft")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=120)
+    plt.close(fig)

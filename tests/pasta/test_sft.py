@@ -1,0 +1,84 @@
+"""Stage 1 SFT end to end on a tiny saved model: it learns, saves an adapter with its layout, and resuming from a
+checkpoint gives the same weights as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+from tiny import tiny_hf_folder
+
+from pasta.interpreter import Interpreter
+from pasta.train.sft import SFTConfig, read_rows, train_sft
+
+ROWS = [
+    {"prompt": f"Give two tips number {i}.",
+     "annotated": f'Tips:\n<promise topic="a" tokens="10"/><async>1. Sleep eight hours.</async>\n'
+                  f'<promise topic="b" tokens="10"/><async>2. Eat vegetables.</async>\n<sync/>In short, be kind.'}
+    for i in range(6)
+] + [{"prompt": "Say hi.", "annotated": "The quick brown fox."}] * 2
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft")
+    model_dir = tiny_hf_folder(root / "model")
+    data = root / "data.jsonl"
+    with open(data, "w") as f:
+        for row in ROWS:
+            f.write(json.dumps(row) + "\n")
+        f.write("not json\n")
+        f.write(json.dumps({"prompt": "x", "annotated": "<async>bad</async>"}) + "\n")
+    return root, model_dir, data
+
+
+def _config(root, model_dir, data, name, **kw):
+    base = dict(data=[str(data)], output_dir=str(root / name), model=str(model_dir), lora=True, lora_r=4,
+                learning_rate=5e-3, batch_size=2, max_steps=6, annotated_fraction=None, save_steps=3,
+                logging_steps=1, seed=1, lora_dropout=0.0)
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+def test_bad_rows_are_skipped_with_their_line(setup, caplog):
+    _, _, data = setup
+    rows = read_rows([str(data)])
+    assert len(rows) == len(ROWS)
+    assert any(":9: not JSON" in r.message for r in caplog.records)
+    assert any(":10: annotated response is not valid" in r.message for r in caplog.records)
+
+
+def test_sft_learns_and_saves_a_usable_adapter(setup):
+    root, model_dir, data = setup
+    out = train_sft(_config(root, model_dir, data, "run"))
+    log = [float(line.split(",")[1]) for line in (out / "training_log.csv").read_text().splitlines()[1:]]
+    assert len(log) == 6 and log[-1] < log[0]
+    assert (out / "loss.png").is_file()
+    assert json.loads((out / "pasta_layout.json").read_text())["reserve_factor"] == 2.0
+    interp = Interpreter.from_pretrained(str(model_dir), dtype="float32", adapter=str(out))
+    result = interp.generate("Give two tips number 3.", teacher=ROWS[0]["annotated"])
+    assert result.annotated == ROWS[0]["annotated"]
+
+
+class _InterruptAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        raise KeyboardInterrupt
+
+
+def test_resume_equals_uninterrupted(setup):
+    root, model_dir, data = setup
+    full = train_sft(_config(root, model_dir, data, "full", max_steps=6))
+    with pytest.raises(KeyboardInterrupt):  # killed right after the checkpoint at step 3
+        train_sft(_config(root, model_dir, data, "part", max_steps=6), callbacks=[_InterruptAfterSave()])
+    assert not (root / "part" / "adapter_model.safetensors").exists()
+    resumed = train_sft(_config(root, model_dir, data, "part", max_steps=6, resume=True))
+    a = load_file(str(full / "adapter_model.safetensors"))
+    b = load_file(str(resumed / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    untouched = load_file(str(root / "part" / "checkpoints" / "checkpoint-3" / "adapter_model.safetensors"))
+    assert any(not torch.allclose(untouched[k], b[k]) for k in b)  # the resumed run really trained further
