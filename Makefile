@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROMPT ?= Give three tips for staying healthy.
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench default-model clean
 
 setup:
 	@bash scripts/setup.sh
@@ -16,6 +16,9 @@ test: setup
 
 bench: setup
 	$(PY) bench/interpreter.py
+
+default-model: setup
+	bash scripts/build_default_model.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info

@@ -7,7 +7,9 @@ import json
 import logging
 import sys
 
+from .backends.openai import add_backend_args, generate_from_args
 from .data.cli import add_annotate_parser
+from .serve.cli import add_serve_parser
 from .train.cli import add_train_parser
 
 
@@ -28,7 +30,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--dtype", default="auto", help="float32 | bfloat16 | auto")
     p.add_argument("--raw", action="store_true", help="no chat template: the prompt is the text itself")
     p.add_argument("--json", action="store_true", help="print one JSON object (text, annotated, stats)")
-    p.add_argument("--backend", choices=["local"], default="local")
+    p.add_argument("--backend", choices=["local", "openai"], default="local",
+                   help="local: this process's interpreter; openai: drive an OpenAI-compatible completions server")
+    add_backend_args(p)
     p.set_defaults(func=_run_generate)
 
 
@@ -37,6 +41,8 @@ def _run_generate(args) -> int:
     from .interpreter import Interpreter
     from .sampling import SamplingParams
 
+    if args.backend == "openai":
+        return _print_remote(generate_from_args(args), args)
     limits = DecodeLimits(args.max_new_tokens, args.max_thread_tokens, args.max_threads)
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     adapter = False if args.no_adapter else (args.adapter or True)
@@ -66,12 +72,24 @@ def _run_generate(args) -> int:
     return 0
 
 
+def _print_remote(result, args) -> int:
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return 0
+    s = result.stats
+    print(result.text)
+    print(f"\n[remote: {s.tokens} tokens, {s.requests} requests, {s.threads} parallel chunks, "
+          f"peak concurrency {s.peak_concurrency}, {s.wall_s:.1f}s]", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pasta", description="PASTA: learned asynchronous decoding")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     add_annotate_parser(sub)
     add_train_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

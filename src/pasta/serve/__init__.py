@@ -1,0 +1,1 @@
+"""`pasta serve`: an OpenAI-compatible HTTP server with cross-request batching of asynchronous decoding."""

@@ -1,0 +1,61 @@
+"""`pasta serve`: command-line registration (the lead's `pasta.cli` calls `add_serve_parser(subparsers)`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_serve_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("serve", help="serve an OpenAI-compatible API with asynchronous decoding and batching")
+    p.add_argument("--model", default=None, help="Hugging Face folder, .gguf file, or adapter folder (default: embedded)")
+    p.add_argument("--adapter", default=None, help="a PEFT adapter to apply (default: the embedded Pasta adapter)")
+    p.add_argument("--no-adapter", action="store_true", help="serve the base model only")
+    p.add_argument("--dtype", default="auto", help="float32 | bfloat16 | auto")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-model-name", default=None, help="the id /v1/models lists (default: the model's name)")
+    p.add_argument("--sequential", action="store_true",
+                   help="decode chunks one after another by default (a request may override: pasta.mode)")
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoded together per forward pass (1: one at a time)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond the batch before 429")
+    p.add_argument("--max-tokens-limit", type=int, default=2048, help="the largest max_tokens a request may ask for")
+    p.add_argument("--default-max-tokens", type=int, default=256)
+    p.add_argument("--max-thread-tokens", type=int, default=256)
+    p.add_argument("--max-threads", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(func=run_serve)
+    return p
+
+
+def run_serve(args) -> int:
+    import torch
+    import uvicorn
+
+    from ..interpreter import Interpreter
+    from .app import create_app
+    from .config import ServeConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = ServeConfig(
+        host=args.host, port=args.port, max_batch=args.max_batch, max_queue=args.max_queue,
+        max_tokens_limit=args.max_tokens_limit, default_max_tokens=min(args.default_max_tokens, args.max_tokens_limit),
+        max_thread_tokens=args.max_thread_tokens, max_threads=args.max_threads, sequential=args.sequential,
+        served_model_name=args.served_model_name,
+    )
+    adapter = False if args.no_adapter else (args.adapter or True)
+    interpreter = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter)
+    app = create_app(interpreter, config)
+    print(f"pasta serve: {config.served_model_name or interpreter.name} on http://{config.host}:{config.port}/v1 "
+          f"(max batch {config.max_batch}, {'sequential' if config.sequential else 'async'})", flush=True)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pasta.serve")
+    sub = parser.add_subparsers(dest="command")
+    add_serve_parser(sub)
+    args = parser.parse_args(["serve", *(argv if argv is not None else __import__("sys").argv[1:])])
+    return int(args.func(args) or 0)

@@ -1,0 +1,32 @@
+"""Server settings, validated once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"  # loopback by default: exposing a model is an explicit choice
+    port: int = 8000
+    max_batch: int = 8  # requests decoded together in one forward pass per step (1 = one at a time)
+    max_queue: int = 64  # requests waiting for a batch place; beyond this the server answers 429
+    max_tokens_limit: int = 2048  # the largest max_tokens a request may ask for
+    default_max_tokens: int = 256
+    max_prompt_tokens: int = 8192
+    max_thread_tokens: int = 256  # per async chunk
+    max_threads: int = 8  # async chunks of one request decoding at once
+    sequential: bool = False  # default decoding mode; a request may override it
+    served_model_name: str | None = None  # what /v1/models lists (default: the model's own name)
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.port <= 65535):
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        for name in ("max_batch", "max_tokens_limit", "default_max_tokens", "max_prompt_tokens",
+                     "max_thread_tokens", "max_threads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.max_queue, int) or self.max_queue < 0:
+            raise ValueError(f"max_queue must be an integer >= 0, got {self.max_queue!r}")
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError("default_max_tokens must be <= max_tokens_limit")

@@ -1,0 +1,62 @@
+"""Test helpers: a tiny model that never ends early, and a real `pasta serve` app on a free loopback port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import torch
+import uvicorn
+from tiny import ByteTokenizer, tiny_model
+
+from pasta.interpreter import Interpreter
+from pasta.serve.app import create_app
+from pasta.serve.config import ServeConfig
+
+
+def no_eos_interpreter(seed: int = 0) -> Interpreter:
+    """A tiny random Llama whose EOS logit is pushed down, so every request runs to its max_tokens: lengths
+    (and so timings of concurrency tests) do not depend on where a random model happens to stop."""
+    torch.set_num_threads(1)
+    model = tiny_model("llama", seed=seed)
+    old = model.lm_head
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    head.weight.data.copy_(old.weight.data)
+    head.bias.data.zero_()
+    head.bias.data[ByteTokenizer.eos_token_id] = -1e4
+    model.lm_head = head
+    return Interpreter(model, ByteTokenizer(), name="tiny-llama")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    """`create_app` under uvicorn in a background thread, on 127.0.0.1."""
+
+    def __init__(self, interpreter: Interpreter, config: ServeConfig) -> None:
+        self.port = free_port()
+        self.app = create_app(interpreter, config)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error",
+                                                    lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> RunningServer:
+        self.thread.start()
+        for _ in range(400):
+            if self.server.started:
+                return self
+            time.sleep(0.025)
+        raise RuntimeError("server did not start")
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)

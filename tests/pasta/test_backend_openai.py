@@ -1,0 +1,101 @@
+"""The remote backend: the fork/sync protocol over a scripted OpenAI server (real HTTP on loopback), and end to
+end against a real `pasta serve --sequential` on loopback."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+from serve_helpers import RunningServer, no_eos_interpreter
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from openai_stub import OpenAIStub, Reply, StubRequest  # noqa: E402
+
+from pasta.backends.openai import RemoteConfig, RemoteInterpreter  # noqa: E402
+from pasta.serve.config import ServeConfig  # noqa: E402
+
+P = "Q: tips?\nA: "
+A = 'Intro <promise topic="a" tokens="5"/>'
+B = ' and <promise topic="b"/>'
+
+
+def _completion(text, stop_reason=None, finish="stop"):
+    choice = {"index": 0, "text": text, "finish_reason": finish}
+    if stop_reason is not False:
+        choice["stop_reason"] = stop_reason
+    return {"choices": [choice], "usage": {"prompt_tokens": 3, "completion_tokens": max(1, len(text) // 4)}}
+
+
+def scripted(with_stop_reason: bool, gate: threading.Event | None = None):
+    """Main thread: Intro, promise a, promise b, sync, end. Chunks: 'alpha body', 'beta body'."""
+    sr = (lambda s: s) if with_stop_reason else (lambda s: False)
+    main = {
+        P: ('Intro <promise topic="a" tokens="5"', sr("/>")),
+        P + A: (' and <promise topic="b"', sr("/>")),
+        P + A + B: (" wait<sync", sr("/>")),
+        P + A + "<async>alpha body</async>" + B + "<async>beta body</async> wait<sync/>": (" the end.", None),
+    }
+    chunks = {P + A + "<async>": "alpha body", P + A + B + "<async>": "beta body"}
+
+    def handler(req: StubRequest):
+        if req.endpoint == "models":
+            return {"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "vllm"}]}
+        body = req.json
+        prompt = body["prompt"]
+        assert "pasta" not in body  # no extension fields for a server that is not a Pasta server
+        if prompt in chunks:
+            assert body["stop"] == ["</async>"]
+            if gate is not None and prompt.endswith(A + "<async>"):
+                assert gate.wait(10)  # chunk a answers only after the main thread moved on: they overlap
+            return _completion(chunks[prompt], sr("</async>"))
+        assert body["stop"] == ["/>"], body
+        if prompt == P + A + B and gate is not None:
+            gate.set()
+        if prompt not in main:
+            return Reply.error(500, f"unexpected prompt {prompt!r}")
+        text, reason = main[prompt]
+        return _completion(text, reason)
+
+    return handler
+
+
+@pytest.mark.parametrize("with_stop_reason", [True, False])
+def test_fork_sync_protocol(with_stop_reason):
+    gate = threading.Event()
+    with OpenAIStub(scripted(with_stop_reason, gate)) as stub:
+        remote = RemoteInterpreter(RemoteConfig(base_url=stub.base_url, max_new_tokens=200))
+        result = remote.generate(P, chat=False)
+        assert result.annotated == (A + "<async>alpha body</async>" + B + "<async>beta body</async> wait<sync/> the end.")
+        assert result.text == "Intro alpha body and beta body wait the end."
+        assert result.stats.threads == 2 and result.stats.requests == 6
+        assert result.stats.peak_concurrency >= 2
+        # The main thread's request after promise a does not contain chunk a (it is not joined yet).
+        prompts = [r.json["prompt"] for r in stub.requests_to("completions")]
+        assert P + A + B in prompts
+
+
+def test_sequential_mode_and_server_error():
+    with OpenAIStub(scripted(True)) as stub:
+        result = RemoteInterpreter(RemoteConfig(base_url=stub.base_url)).generate(P, chat=False, mode="sequential")
+        assert result.text == "Intro alpha body and beta body wait the end."
+        assert result.stats.peak_concurrency == 1
+    with OpenAIStub(lambda req: Reply.error(400, "bad") if req.endpoint == "completions" else None) as stub:
+        with pytest.raises(Exception, match="400"):
+            RemoteInterpreter(RemoteConfig(base_url=stub.base_url, model="m")).generate("hi")
+
+
+def test_end_to_end_against_pasta_serve_sequential():
+    with RunningServer(no_eos_interpreter(), ServeConfig(sequential=True, max_tokens_limit=64, default_max_tokens=16)) as server:
+        remote = RemoteInterpreter(RemoteConfig(base_url=server.url, max_new_tokens=24))
+        result = remote.generate("hello there", chat=False)
+        direct = httpx.post(f"{server.url}/v1/completions", json={
+            "model": "default", "prompt": "hello there", "max_tokens": 24, "stop": ["/>"],
+            "pasta": {"annotated": True}}).json()
+        assert direct["pasta"]["mode"] == "sequential"
+        assert result.annotated == direct["choices"][0]["text"]  # the backend reads the text as written
+        assert result.stats.requests == 1 and result.stats.tokens == 24
+        chat = remote.generate([{"role": "user", "content": "hi"}])
+        assert chat.stats.tokens == 24 and isinstance(chat.text, str)
