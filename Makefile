@@ -9,7 +9,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(VENV)/bin/pasta generate "$(PROMPT)"
+	OMP_NUM_THREADS=1 $(VENV)/bin/pasta generate "$(PROMPT)" --show-tags --compare
 
 test: setup
 	$(PY) -m pytest -q

@@ -9,6 +9,7 @@ import sys
 
 from .backends.openai import add_backend_args, generate_from_args
 from .data.cli import add_annotate_parser
+from .eval.cli import add_eval_parser
 from .serve.cli import add_serve_parser
 from .train.cli import add_train_parser
 
@@ -30,6 +31,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--dtype", default="auto", help="float32 | bfloat16 | auto")
     p.add_argument("--raw", action="store_true", help="no chat template: the prompt is the text itself")
     p.add_argument("--json", action="store_true", help="print one JSON object (text, annotated, stats)")
+    p.add_argument("--compare", action="store_true",
+                   help="also decode sequentially (same answer) and report the measured wall-clock speedup")
+    p.add_argument("--show-tags", action="store_true", help="print the annotated answer (with Pasta-Lang tags)")
     p.add_argument("--backend", choices=["local", "openai"], default="local",
                    help="local: this process's interpreter; openai: drive an OpenAI-compatible completions server")
     add_backend_args(p)
@@ -55,18 +59,28 @@ def _run_generate(args) -> int:
         args.prompt, sampling=sampling, mode="sequential" if args.sequential else "async", teacher=teacher,
         chat=not args.raw,
     )
+    sequential = None
+    if args.compare and not args.sequential:
+        sequential = interp.generate(args.prompt, sampling=sampling, mode="sequential", teacher=teacher,
+                                     chat=not args.raw)
     if args.json:
         out = result.to_dict()
         out["model"] = interp.name
+        if sequential is not None:
+            out["sequential_wall_s"] = sequential.stats.wall_s
+            out["wall_speedup"] = sequential.stats.wall_s / max(result.stats.wall_s, 1e-9)
         print(json.dumps(out, ensure_ascii=False))
         return 0
     s = result.stats
-    print(result.text)
+    print(result.annotated if args.show_tags else result.text)
     print(
         f"\n[{interp.name} | {s.mode}: {s.tokens} tokens in {s.steps} steps, {s.threads} parallel chunks, "
         f"theoretical speedup {s.theoretical_speedup:.2f}x, {s.wall_s:.1f}s, {s.tokens / max(s.wall_s, 1e-9):.1f} tok/s]",
         file=sys.stderr,
     )
+    if sequential is not None:
+        print(f"[sequential decoding of the same answer: {sequential.stats.wall_s:.1f}s -> measured speedup "
+              f"{sequential.stats.wall_s / max(s.wall_s, 1e-9):.2f}x]", file=sys.stderr)
     if s.warnings:
         print("warnings: " + "; ".join(s.warnings), file=sys.stderr)
     return 0
@@ -90,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_annotate_parser(sub)
     add_train_parser(sub)
     add_serve_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 

@@ -1,0 +1,131 @@
+"""`pasta eval`: wire with `add_eval_parser(subparsers)` in pasta.cli (or run `python -m pasta.eval.cli ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .runner import SYSTEMS, EvalConfig
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", default="alpaca_eval", help="'alpaca_eval' (805 instructions) or a .jsonl/.json file")
+    p.add_argument("--limit", type=int, default=None, help="the first N prompts")
+    p.add_argument("--out", default="results/eval/run", help="output folder; rerun the same command to resume")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)} "
+                   "(sequential is always added: it is the speed reference)")
+    p.add_argument("--baseline", default="sequential", help="system the judge compares every other system against")
+    p.add_argument("--model", default=None, help="Hugging Face folder, .gguf file, or adapter folder (default: embedded)")
+    p.add_argument("--adapter", default=None, help="Pasta adapter for the 'pasta' system (default: the embedded one)")
+    p.add_argument("--no-adapter", action="store_true", help="'pasta' system without adapter")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-thread-tokens", type=int, default=256)
+    p.add_argument("--max-threads", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sot-skeleton-tokens", type=int, default=128)
+    p.add_argument("--sot-max-points", type=int, default=10)
+    p.add_argument("--judge", choices=["openai", "local", "none"], default="none",
+                   help="openai: any OpenAI-compatible endpoint; local: a local HF model (weak); none: speed only")
+    p.add_argument("--judge-base-url", default=None, help="endpoint of --judge openai, e.g. http://localhost:8000/v1")
+    p.add_argument("--judge-model", default=None,
+                   help="openai: the served model name; local: a model folder/.gguf (default: the embedded model)")
+    p.add_argument("--judge-api-key-env", default="OPENAI_API_KEY")
+    p.add_argument("--judge-concurrency", type=int, default=8, help="parallel judge requests (openai)")
+    p.add_argument("--no-logprobs", action="store_true", help="do not ask the endpoint for logprobs")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the speedup intervals")
+    p.add_argument("--compare", action="append", default=[], metavar="LABEL=SUMMARY.json",
+                   help="draw another run's points on the Pareto plot (repeatable)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", action="store_true", help="print the summary JSON")
+    p.add_argument("--quiet", action="store_true")
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("eval", help="evaluate speed and quality (AlpacaEval-style) against baselines")
+    add_eval_arguments(p)
+    p.set_defaults(func=run_eval_command)
+    return p
+
+
+def build_judge(args, systems=None):
+    if args.judge == "none":
+        return None
+    if args.judge == "openai":
+        from ..openai_client import OpenAIClient
+        from .judge import OpenAIJudge
+
+        if not args.judge_base_url or not args.judge_model:
+            raise ValueError("--judge openai needs --judge-base-url and --judge-model")
+        client = OpenAIClient(args.judge_base_url, api_key_env=args.judge_api_key_env)
+        return OpenAIJudge(client, args.judge_model, logprobs=not args.no_logprobs)
+    from .judge import LocalJudge
+
+    if args.judge_model is None and systems is not None:  # reuse the loaded base model
+        interp = systems.original
+        return LocalJudge(interp.model, interp.tokenizer, name=interp.name)
+    from ..models import load_model
+
+    loaded = load_model(args.judge_model, dtype=args.dtype, adapter=False)
+    return LocalJudge(loaded.model, loaded.tokenizer, name=loaded.name)
+
+
+def config_from_args(args) -> EvalConfig:
+    adapter = False if args.no_adapter else (args.adapter or True)
+    return EvalConfig(
+        out=args.out, prompts=args.prompts, limit=args.limit,
+        systems=tuple(s.strip() for s in args.systems.split(",") if s.strip()), baseline=args.baseline,
+        model=args.model, adapter=adapter, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
+        max_thread_tokens=args.max_thread_tokens, max_threads=args.max_threads, temperature=args.temperature,
+        top_p=args.top_p, seed=args.seed, sot_skeleton_tokens=args.sot_skeleton_tokens,
+        sot_max_points=args.sot_max_points, bootstrap=args.bootstrap, plots=not args.no_plots,
+    )
+
+
+def run_eval_command(args) -> int:
+    from .prompts import load_prompts
+    from .runner import check_run_config, load_systems, run_eval
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = config_from_args(args)
+    compare = []
+    for spec in args.compare:
+        label, _, path = spec.partition("=")
+        if not path:
+            label, path = Path(spec).parent.name, spec
+        compare.append((label, json.loads(Path(path).read_text())))
+    items = load_prompts(config.prompts, config.limit)  # bad prompt files fail before any model loads
+    check_run_config(Path(config.out), config)
+    systems = load_systems(config)
+    judge = build_judge(args, systems)
+    progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    summary = run_eval(config, systems=systems, judge=judge, judge_concurrency=args.judge_concurrency if args.judge == "openai" else 1,
+                       items=items, progress=progress, compare=compare)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"wrote {config.out}/summary.json, report.md, per_prompt.jsonl, model_outputs/", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pasta eval")
+    add_eval_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_eval_command(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"pasta eval: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

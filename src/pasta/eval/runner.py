@@ -1,0 +1,397 @@
+"""`pasta eval`: decode a prompt set with several systems, judge them against a baseline, aggregate, report.
+
+Systems (all on the same interpreter, one request at a time, batch size 1 as in the paper):
+- `pasta`: the Pasta model (base + Pasta adapter), asynchronous decoding;
+- `sequential`: the same model decoded sequentially (the same answer under greedy decoding, no parallelism):
+  the speed reference of every measured speedup;
+- `original`: the model without Pasta training (no adapter), sequential;
+- `sot`: Skeleton-of-Thought prompted on the original model (see `pasta.eval.sot`).
+
+Per-prompt speedups of a system, against the `sequential` record of the same prompt:
+- wall speedup = wall_s(sequential) / wall_s(system) (decode loop only; tokenization and loading excluded);
+- theoretical speedup = tokens(sequential answer) / critical_path(system) (the paper's definition; a system
+  decoded sequentially has critical path = its tokens).
+
+Files under the output folder (everything is resumable: rerun the same command to continue):
+- `generations/<system>.jsonl`: one record per prompt, appended and flushed as each finishes (a line cut short
+  by a crash is ignored and that prompt redone);
+- `judgments.jsonl`: one pairwise judgment per (system, prompt), appended likewise;
+- `run_config.json`: the settings that shape the generations; a rerun with different ones is refused;
+- derived on every run: `per_prompt.jsonl`, `model_outputs/<system>.json` (AlpacaEval format),
+  `summary.json`, `report.md`, `speedup_distribution.png`, `pareto.png`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..decoding import DecodeLimits
+from ..sampling import SamplingParams
+from .prompts import PromptItem, load_prompts
+
+log = logging.getLogger(__name__)
+
+SYSTEMS = ("pasta", "sequential", "original", "sot")
+SPEED_REFERENCE = "sequential"
+
+
+@dataclass
+class EvalConfig:
+    out: str
+    prompts: str = "alpaca_eval"
+    limit: int | None = None
+    systems: tuple[str, ...] = SYSTEMS
+    baseline: str = "sequential"  # quality reference of the judge
+    model: str | None = None
+    adapter: str | bool = True
+    dtype: str = "float32"
+    max_new_tokens: int = 512
+    max_thread_tokens: int = 256
+    max_threads: int = 8
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    sot_skeleton_tokens: int = 128
+    sot_max_points: int = 10
+    bootstrap: int = 2000
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        self.systems = tuple(dict.fromkeys(self.systems))
+        unknown = [s for s in self.systems if s not in SYSTEMS]
+        if unknown:
+            raise ValueError(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
+        if SPEED_REFERENCE not in self.systems:  # every speedup is measured against it
+            self.systems = (*self.systems, SPEED_REFERENCE)
+        if self.baseline not in self.systems:
+            raise ValueError(f"baseline {self.baseline!r} is not among the systems {list(self.systems)}")
+        self.limits  # validates
+        SamplingParams(self.temperature, self.top_p, self.seed)
+
+    @property
+    def limits(self) -> DecodeLimits:
+        return DecodeLimits(self.max_new_tokens, self.max_thread_tokens, self.max_threads)
+
+    def generation_key(self) -> dict[str, Any]:
+        """What must not change between an interrupted run and its continuation."""
+        keys = ("prompts", "model", "adapter", "dtype", "max_new_tokens", "max_thread_tokens", "max_threads",
+                "temperature", "top_p", "seed", "sot_skeleton_tokens", "sot_max_points")
+        return {k: getattr(self, k) for k in keys}
+
+
+# ---- systems -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Systems:
+    """The interpreters behind the systems: `pasta` (Pasta model) and `original` (no adapter); may be the same."""
+
+    pasta: Any
+    original: Any
+    notes: list[str] = field(default_factory=list)
+
+    def interp_for(self, system: str):
+        return self.pasta if system in ("pasta", "sequential") else self.original
+
+    def generator(self, system: str) -> str:
+        return f"{system}:{self.interp_for(system).name}"
+
+
+def load_systems(config: EvalConfig) -> Systems:
+    from ..interpreter import Interpreter
+    from ..models import DEFAULT_MODEL, default_adapter_path
+
+    notes: list[str] = []
+    need_original = any(s in config.systems for s in ("original", "sot"))
+    pasta = Interpreter.from_pretrained(config.model, dtype=config.dtype, adapter=config.adapter,
+                                        limits=config.limits)
+    original = pasta
+    if need_original:
+        base = Interpreter.from_pretrained(config.model, dtype=config.dtype, adapter=False, limits=config.limits)
+        if base.name == pasta.name:
+            notes.append(f"no Pasta adapter was applied: the 'pasta' and 'original' systems are the same model "
+                         f"({pasta.name}); only the decoding differs")
+        else:
+            original = base
+    elif config.adapter is True and config.model in (None, "default", DEFAULT_MODEL) and default_adapter_path() is None:
+        notes.append("no Pasta adapter is built for the embedded model: 'pasta' is the untrained model")
+    return Systems(pasta=pasta, original=original, notes=notes)
+
+
+def _prompt_seed(base: int, prompt_id: str) -> int:
+    return (base * 1_000_003 + int(hashlib.sha1(prompt_id.encode()).hexdigest()[:8], 16)) % (2**63)
+
+
+def generate_record(systems: Systems, system: str, item: PromptItem, config: EvalConfig) -> dict[str, Any]:
+    """Decode one prompt with one system; the JSON-ready record."""
+    from .sot import skeleton_of_thought
+
+    interp = systems.interp_for(system)
+    sampling = SamplingParams(config.temperature, config.top_p, _prompt_seed(config.seed, item.id))
+    record: dict[str, Any] = {"id": item.id, "system": system, "generator": systems.generator(system)}
+    if system == "sot":
+        res = skeleton_of_thought(interp, item.instruction, sampling=sampling, limits=config.limits,
+                                  skeleton_tokens=config.sot_skeleton_tokens, max_points=config.sot_max_points)
+        record.update(output=res.text, annotated=None, wall_s=res.wall_s, tokens=res.tokens, steps=res.steps,
+                      critical_path=res.critical_path, threads=len(res.expansions), mode="sot",
+                      warnings=res.warnings, skeleton=res.skeleton, fallback=res.fallback)
+        return record
+    mode = "async" if system == "pasta" else "sequential"
+    result = interp.generate(item.instruction, sampling=sampling, limits=config.limits, mode=mode)
+    s = result.stats
+    critical = s.critical_path if mode == "async" else s.tokens
+    record.update(output=result.text, annotated=result.annotated, wall_s=s.wall_s, tokens=s.tokens, steps=s.steps,
+                  critical_path=critical, threads=s.threads, mode=mode, warnings=s.warnings)
+    return record
+
+
+# ---- resumable JSONL ---------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path, key: Callable[[dict], Any]) -> dict[Any, dict]:
+    """Complete records by key (a later line wins); an unreadable line (a crash mid-write) is skipped."""
+    out: dict[Any, dict] = {}
+    if not path.is_file():
+        return out
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                out[key(row)] = row
+            except (json.JSONDecodeError, KeyError, TypeError):
+                log.warning("%s:%d: unreadable line ignored (interrupted write); that item will be redone", path, line_no)
+    return out
+
+
+class JsonlAppender:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A line cut short by a crash has no newline: start on a fresh line so the next record stays readable.
+        needs_newline = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+        self.f = path.open("a", encoding="utf-8")
+        if needs_newline:
+            self.f.write("\n")
+
+    def write(self, row: dict) -> None:
+        self.f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def check_run_config(out: Path, config: EvalConfig) -> None:
+    path = out / "run_config.json"
+    key = config.generation_key()
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in key.items() if old.get(k) != v}
+        if diff:
+            detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"{out} holds results made with other settings ({detail}); use another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(key, indent=2))
+
+
+def run_generations(config: EvalConfig, systems: Systems, items: list[PromptItem],
+                    progress: Callable[[str], None] | None = None) -> dict[str, dict[str, dict]]:
+    """Decode every (system, prompt) not already on disk; returns {system: {prompt id: record}}."""
+    out = Path(config.out)
+    records: dict[str, dict[str, dict]] = {}
+    appenders: dict[str, JsonlAppender] = {}
+    warmed: set[int] = set()
+    try:
+        for system in config.systems:
+            records[system] = read_jsonl(out / "generations" / f"{system}.jsonl", key=lambda r: r["id"])
+        for k, item in enumerate(items):
+            for system in config.systems:
+                if item.id in records[system]:
+                    continue
+                interp = systems.interp_for(system)
+                if id(interp) not in warmed:  # the first forward passes are slow: keep them out of the timings
+                    interp.generate("Hi", limits=DecodeLimits(max_new_tokens=2))
+                    warmed.add(id(interp))
+                record = generate_record(systems, system, item, config)
+                if system not in appenders:
+                    appenders[system] = JsonlAppender(out / "generations" / f"{system}.jsonl")
+                appenders[system].write(record)
+                records[system][item.id] = record
+                if progress:
+                    progress(f"[{k + 1}/{len(items)}] {system}: {record['tokens']} tokens, {record['wall_s']:.1f}s")
+    finally:
+        for a in appenders.values():
+            a.close()
+    return records
+
+
+# ---- judging ---------------------------------------------------------------------------------------------------
+
+
+def run_judgments(config: EvalConfig, judge, items: list[PromptItem], records: dict[str, dict[str, dict]],
+                  concurrency: int = 1, progress: Callable[[str], None] | None = None) -> dict[tuple, dict]:
+    """Judge every system against the baseline on every prompt (resumable). Key: (system, baseline, id, judge)."""
+    from .judge import judge_pair
+
+    path = Path(config.out) / "judgments.jsonl"
+    done = read_jsonl(path, key=lambda r: (r["system"], r["baseline"], r["id"], r["judge"]))
+    if judge is None:
+        return done
+    todo = []
+    for item in items:
+        base = records[config.baseline].get(item.id)
+        for system in config.systems:
+            if system == config.baseline or item.id not in records.get(system, {}) or base is None:
+                continue
+            if (system, config.baseline, item.id, judge.name) in done:
+                continue
+            todo.append((system, item, base["output"], records[system][item.id]["output"]))
+
+    def one(task):
+        system, item, base_out, cand_out = task
+        j = judge_pair(judge, item.instruction, base_out, cand_out)
+        return {"system": system, "baseline": config.baseline, "id": item.id, "judge": judge.name, **j.to_dict()}
+
+    appender = JsonlAppender(path)
+    try:
+        if concurrency > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(concurrency) as pool:
+                for row in pool.map(one, todo):
+                    appender.write(row)
+                    done[(row["system"], row["baseline"], row["id"], row["judge"])] = row
+        else:
+            for n, task in enumerate(todo, 1):
+                row = one(task)
+                appender.write(row)
+                done[(row["system"], row["baseline"], row["id"], row["judge"])] = row
+                if progress:
+                    progress(f"judged {n}/{len(todo)}: {row['system']} {row['id']} -> {row['preference']}")
+    finally:
+        appender.close()
+    return done
+
+
+# ---- aggregation -------------------------------------------------------------------------------------------------
+
+
+def per_prompt_rows(config: EvalConfig, items: list[PromptItem], records: dict[str, dict[str, dict]],
+                    judgments: dict[tuple, dict], judge_name: str | None) -> list[dict]:
+    rows = []
+    ref = records.get(SPEED_REFERENCE, {})
+    for item in items:
+        for system in config.systems:
+            rec = records.get(system, {}).get(item.id)
+            if rec is None:
+                continue
+            r = ref.get(item.id)
+            wall = (r["wall_s"] / rec["wall_s"]) if r and rec["wall_s"] > 0 and r["wall_s"] > 0 else None
+            theo = (r["tokens"] / rec["critical_path"]) if r and rec["critical_path"] > 0 else None
+            pref = None
+            if system == config.baseline:
+                pref = 0.5
+            elif judge_name is not None:
+                j = judgments.get((system, config.baseline, item.id, judge_name))
+                pref = j.get("preference") if j else None
+            rows.append({
+                "id": item.id, "system": system, "instruction": item.instruction, "output": rec["output"],
+                "wall_s": rec["wall_s"], "tokens": rec["tokens"], "steps": rec["steps"],
+                "critical_path": rec["critical_path"], "threads": rec["threads"],
+                "wall_speedup": wall, "theoretical_speedup": theo, "preference": pref,
+                "length_chars": len(rec["output"]),
+            })
+    return rows
+
+
+def summarize(config: EvalConfig, rows: list[dict], judge_name: str | None, notes: Iterable[str] = ()) -> dict:
+    from .stats import bootstrap_geomean_ci, geomean, length_controlled_win_rate, win_rate
+
+    baseline_len = {r["id"]: r["length_chars"] for r in rows if r["system"] == config.baseline}
+    systems: dict[str, dict] = {}
+    for system in config.systems:
+        mine = [r for r in rows if r["system"] == system]
+        s: dict[str, Any] = {"n_prompts": len(mine)}
+        for name in ("wall_speedup", "theoretical_speedup"):
+            vals = [r[name] for r in mine if r[name] is not None and r[name] > 0 and math.isfinite(r[name])]
+            s[f"{name}_geomean"] = geomean(vals) if vals else None
+            s[f"{name}_ci95"] = list(bootstrap_geomean_ci(vals, resamples=config.bootstrap)) if vals else None
+        if mine:
+            s["mean_tokens"] = sum(r["tokens"] for r in mine) / len(mine)
+            s["mean_threads"] = sum(r["threads"] for r in mine) / len(mine)
+            s["mean_wall_s"] = sum(r["wall_s"] for r in mine) / len(mine)
+            s["mean_length_chars"] = sum(r["length_chars"] for r in mine) / len(mine)
+        judged = [r for r in mine if r["preference"] is not None and r["id"] in baseline_len]
+        s["n_judged"] = len(judged)
+        if system == config.baseline:
+            s.update(win_rate=50.0, win_rate_se=0.0, lc_win_rate=50.0, lc_win_rate_se=0.0)
+        elif judged:
+            wr, se = win_rate([r["preference"] for r in judged])
+            lc = length_controlled_win_rate([r["preference"] for r in judged],
+                                            [r["length_chars"] - baseline_len[r["id"]] for r in judged])
+            s.update(win_rate=wr, win_rate_se=se, lc_win_rate=lc.lc_win_rate, lc_win_rate_se=lc.lc_win_rate_se,
+                     lc_length_coef=lc.length_coef)
+        else:
+            s.update(win_rate=None, win_rate_se=None, lc_win_rate=None, lc_win_rate_se=None)
+        systems[system] = s
+    return {
+        "systems": systems,
+        "baseline": config.baseline,
+        "speed_reference": SPEED_REFERENCE,
+        "judge": judge_name,
+        "n_prompts": len({r["id"] for r in rows}),
+        "config": {**config.generation_key(), "limit": config.limit, "systems": list(config.systems)},
+        "notes": list(notes),
+    }
+
+
+def write_model_outputs(out: Path, systems: Systems | None, items: list[PromptItem],
+                        records: dict[str, dict[str, dict]]) -> None:
+    folder = out / "model_outputs"
+    folder.mkdir(parents=True, exist_ok=True)
+    for system, by_id in records.items():
+        rows = [{"instruction": it.instruction, "output": by_id[it.id]["output"],
+                 "generator": by_id[it.id]["generator"], "dataset": it.dataset}
+                for it in items if it.id in by_id]
+        (folder / f"{system}.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False))
+
+
+def run_eval(config: EvalConfig, *, systems: Systems | None = None, judge=None, judge_concurrency: int = 1,
+             items: list[PromptItem] | None = None, progress: Callable[[str], None] | None = None,
+             compare: list[tuple[str, dict]] | None = None) -> dict:
+    """The whole pipeline; returns the summary (also written to summary.json). `systems`/`judge` may be given
+    (tests, the preference trainer); otherwise the models are loaded from `config`."""
+    out = Path(config.out)
+    items = items if items is not None else load_prompts(config.prompts, config.limit)
+    check_run_config(out, config)
+    systems = systems or load_systems(config)
+    records = run_generations(config, systems, items, progress)
+    judgments = run_judgments(config, judge, items, records, judge_concurrency, progress)
+    judge_name = judge.name if judge is not None else None
+    if judge is None:  # report from the judgments already on disk, when they come from a single judge
+        names = {key[3] for key in judgments if key[1] == config.baseline}
+        judge_name = names.pop() if len(names) == 1 else None
+    rows = per_prompt_rows(config, items, records, judgments, judge_name)
+    with (out / "per_prompt.jsonl").open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_model_outputs(out, systems, items, records)
+    summary = summarize(config, rows, judge_name, systems.notes)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    from .report import write_report
+
+    write_report(out, summary, rows, plots=config.plots, compare=compare)
+    return summary
+
+
+def config_dict(config: EvalConfig) -> dict:
+    return asdict(config)
