@@ -28,7 +28,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--dtype", default="auto", help="float32 | bfloat16 | auto")
+    p.add_argument("--dtype", default="auto", help="float32 | bfloat16 | auto (bf16 where the hardware has fast bf16)")
     p.add_argument("--raw", action="store_true", help="no chat template: the prompt is the text itself")
     p.add_argument("--json", action="store_true", help="print one JSON object (text, annotated, stats)")
     p.add_argument("--compare", action="store_true",
