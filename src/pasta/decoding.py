@@ -112,6 +112,7 @@ class Decoding:
             _Thread(trace=ThreadTrace(id=0, kind="main", start_step=1), layout_id=MAIN,
                     detok=IncrementalDetokenizer(tokenizer), forced=forced_main)
         ]
+        self._teacher = forced_main is not None
         self._forced_chunks = list(forced_chunks or [])
         self.steps = 0
         self.sampled = 0
@@ -176,7 +177,7 @@ class Decoding:
         layout_id = self.layout.fork(tokens)
         index = len(self.threads)
         forced = self._forced_chunks[index - 1] if index - 1 < len(self._forced_chunks) else None
-        if self._forced_chunks and forced is None:
+        if self._teacher and forced is None:  # the teacher has no body for this promise: an empty chunk
             forced = list(self.async_open_ids) + self.tokenizer.encode(ASYNC_CLOSE, add_special_tokens=False)
         thread = _Thread(
             trace=ThreadTrace(

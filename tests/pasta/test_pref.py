@@ -131,3 +131,49 @@ def test_two_rounds_resumable(tmp_path, monkeypatch):
     assert calls == [] and report2["rounds"] == report["rounds"]
     restored = {n: p.detach() for n, p in again.policy.named_parameters() if "lora_B" in n}
     assert all(torch.allclose(restored[n], after[n]) for n in after)
+
+
+def test_round_adapter_folds_in_the_stage1_adapter(tmp_path):
+    """Stage 2 trains a LoRA on the merged stage-1 model; the saved `adapter` must reproduce that policy when loaded
+    on the base model alone (as `pasta eval --adapter` does), and resuming must restore the delta."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from pasta.train.pref import combine_lora_adapters
+
+    # a stage-1 adapter on a subset of the modules (the delta adapts all seven: the zero-block path is exercised)
+    torch.manual_seed(3)
+    stage1 = get_peft_model(tiny_model(seed=5), LoraConfig(r=4, lora_alpha=12, target_modules=["q_proj", "v_proj",
+                                                                                               "down_proj"]))
+    with torch.no_grad():
+        for name, p in stage1.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    stage1.save_pretrained(tmp_path / "stage1")
+    merged = PeftModel.from_pretrained(tiny_model(seed=5), str(tmp_path / "stage1")).merge_and_unload()
+
+    config = PrefConfig(output_dir=str(tmp_path / "pref"), judge="none")
+    trainer = PrefTrainer(config, merged, TOK, stage1_adapter=tmp_path / "stage1")
+    with torch.no_grad():
+        for name, p in trainer.policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    trainer.save(tmp_path / "pref" / "round-1")
+    ids = torch.tensor([trainer.prompt_ids("Give tips.")])
+    with torch.no_grad():
+        want = trainer.policy(input_ids=ids).logits
+        loaded = PeftModel.from_pretrained(tiny_model(seed=5), str(tmp_path / "pref" / "round-1" / "adapter"))
+        got = loaded.merge_and_unload()(input_ids=ids).logits
+        assert torch.allclose(got, want, atol=1e-5)
+        # without the fold, the round's LoRA alone on the base model is a different model
+        delta_only = PeftModel.from_pretrained(tiny_model(seed=5), str(tmp_path / "pref" / "round-1" / "stage2-delta"))
+        assert not torch.allclose(delta_only.merge_and_unload()(input_ids=ids).logits, want, atol=1e-3)
+    # resume restores the delta (not the combined adapter) into a fresh trainer on the merged model
+    merged2 = PeftModel.from_pretrained(tiny_model(seed=5), str(tmp_path / "stage1")).merge_and_unload()
+    again = PrefTrainer(config, merged2, TOK, stage1_adapter=tmp_path / "stage1")
+    again.load_round(tmp_path / "pref" / "round-1")
+    with torch.no_grad():
+        assert torch.allclose(again.policy(input_ids=ids).logits, want, atol=1e-5)
+    with pytest.raises(ValueError):
+        (tmp_path / "bad").mkdir()
+        (tmp_path / "bad" / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3"}))
+        combine_lora_adapters(tmp_path / "bad", tmp_path / "stage1", tmp_path / "out")

@@ -42,7 +42,7 @@ from ..sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PrefConfig", "bonbon_loss", "score_sample", "select_pair", "train_pref"]
+__all__ = ["PrefConfig", "bonbon_loss", "combine_lora_adapters", "score_sample", "select_pair", "train_pref"]
 
 
 def bonbon_loss(logp_best: torch.Tensor, logp_worst: torch.Tensor, ref_logp_best: torch.Tensor,
@@ -163,6 +163,60 @@ def _append(path: Path, row: dict) -> None:
         f.flush()
 
 
+# ---- adapters ----------------------------------------------------------------------------------------------------
+
+
+def combine_lora_adapters(first: str | Path, second: str | Path, target: str | Path) -> None:
+    """Write to `target` one LoRA adapter whose weight update is `first`'s plus `second`'s, so that loading it on
+    the base model alone gives base + first + second. Exact: ranks are concatenated (A = [A1; A2],
+    B = [s1 B1, s2 B2], scaling folded into B, lora_alpha = r so the new scaling is 1); a module adapted by one
+    adapter only gets zero blocks from the other. Stage 2 trains a LoRA on top of the merged stage-1 model, so its
+    own adapter is a delta that means nothing on the base model; this makes the saved adapter self-contained."""
+    from safetensors.torch import load_file, save_file
+
+    first, second, target = Path(first), Path(second), Path(target)
+    configs = [json.loads((f / "adapter_config.json").read_text()) for f in (first, second)]
+    for cfg, f in zip(configs, (first, second)):
+        if cfg.get("peft_type") != "LORA" or cfg.get("use_dora") or cfg.get("use_rslora") or cfg.get("rank_pattern") \
+                or cfg.get("alpha_pattern") or cfg.get("modules_to_save"):
+            raise ValueError(f"{f}: only plain LoRA adapters can be combined")
+    weights = [load_file(str(f / "adapter_model.safetensors")) for f in (first, second)]
+    split = []
+    for w, f in zip(weights, (first, second)):
+        mods: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in w.items():
+            for part in ("lora_A", "lora_B"):
+                if key.endswith(f".{part}.weight"):
+                    mods.setdefault(key[: -len(f".{part}.weight")], {})[part] = tensor.float()
+                    break
+            else:
+                raise ValueError(f"{f}: unexpected tensor {key} in a LoRA adapter")
+        split.append(mods)
+    ranks = [int(c["r"]) for c in configs]
+    scales = [float(c["lora_alpha"]) / r for c, r in zip(configs, ranks)]
+    out: dict[str, torch.Tensor] = {}
+    for name in sorted(set(split[0]) | set(split[1])):
+        shapes = next(m[name] for m in split if name in m)
+        d_in, d_out = shapes["lora_A"].shape[1], shapes["lora_B"].shape[0]
+        a_blocks, b_blocks = [], []
+        for mods, r, s in zip(split, ranks, scales):
+            if name in mods:
+                a_blocks.append(mods[name]["lora_A"])
+                b_blocks.append(mods[name]["lora_B"] * s)
+            else:
+                a_blocks.append(torch.zeros(r, d_in))
+                b_blocks.append(torch.zeros(d_out, r))
+        out[f"{name}.lora_A.weight"] = torch.cat(a_blocks, 0).contiguous()
+        out[f"{name}.lora_B.weight"] = torch.cat(b_blocks, 1).contiguous()
+    config = dict(configs[1])
+    config.update(r=sum(ranks), lora_alpha=sum(ranks), lora_dropout=0.0,
+                  target_modules=sorted(set(configs[0]["target_modules"]) | set(configs[1]["target_modules"])),
+                  base_model_name_or_path=configs[0].get("base_model_name_or_path") or config.get("base_model_name_or_path"))
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(target / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (target / "adapter_config.json").write_text(json.dumps(config, indent=2))
+
+
 # ---- the trainer ---------------------------------------------------------------------------------------------------
 
 
@@ -171,10 +225,12 @@ class PrefTrainer:
     with a model and tokenizer (tests)."""
 
     def __init__(self, config: PrefConfig, model, tokenizer, *, judge=None, layout_config=None,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, stage1_adapter: str | Path | None = None) -> None:
         from ..layout import LayoutConfig
 
         self.config = config
+        # the LoRA adapter already merged into `model` (the initial model p0); saved rounds fold it in
+        self.stage1_adapter = Path(stage1_adapter) if stage1_adapter else None
         self.tokenizer = tokenizer
         self.judge = judge
         self.layout_config = layout_config or LayoutConfig()
@@ -355,10 +411,17 @@ class PrefTrainer:
         return history
 
     def save(self, folder: Path) -> None:
+        """`adapter` (or `model`) is what decoding loads on the base model. On a merged stage-1 LoRA the trained
+        LoRA is a delta: it is kept in `stage2-delta` (for resuming) and `adapter` is stage 1 + delta, combined."""
         if self.rank != 0:
             return
         target = folder / ("adapter" if self.config.lora else "model")
-        self.policy.save_pretrained(target)
+        if self.config.lora and self.stage1_adapter is not None:
+            delta = folder / "stage2-delta"
+            self.policy.save_pretrained(delta)
+            combine_lora_adapters(self.stage1_adapter, delta, target)
+        else:
+            self.policy.save_pretrained(target)
         if hasattr(self.tokenizer, "save_pretrained"):
             self.tokenizer.save_pretrained(target)
         (target / "pasta_layout.json").write_text(json.dumps(asdict(self.layout_config)))
@@ -369,7 +432,7 @@ class PrefTrainer:
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
 
-            weights = folder / "adapter" / "adapter_model.safetensors"
+            weights = folder / ("stage2-delta" if (folder / "stage2-delta").is_dir() else "adapter") / "adapter_model.safetensors"
             set_peft_model_state_dict(self.policy, load_file(str(weights), device=str(self.device)))
         else:
             from transformers import AutoModelForCausalLM
@@ -442,7 +505,7 @@ def train_pref(config: PrefConfig) -> dict:
     """Load the initial model (base + stage-1 adapter, merged), the judge and the prompts; run the rounds."""
     from ..data.sources import load_examples
     from ..interpreter import layout_config_for
-    from ..models import load_model
+    from ..models import DEFAULT_MODEL, default_adapter_path, load_model, resolve_model_path
 
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
@@ -451,9 +514,17 @@ def train_pref(config: PrefConfig) -> dict:
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     loaded = load_model(config.model, dtype="float32", adapter=config.adapter, device=device)
     layout = layout_config_for(loaded.path, config.adapter)
+    stage1 = None  # the LoRA adapter load_model merged, if any (the same rule as load_model's)
+    if config.model and (Path(config.model) / "adapter_config.json").is_file():
+        stage1 = Path(config.model)
+    elif config.adapter is True:
+        stage1 = default_adapter_path() if resolve_model_path(config.model)[0] == DEFAULT_MODEL else None
+    elif config.adapter:
+        stage1 = Path(config.adapter)
     examples = list(load_examples(config.prompts, limit=config.num_prompts, exclude_eval=True))
     if not examples:
         raise ValueError(f"no training prompts in {config.prompts!r}")
     judge = build_judge(config)
-    trainer = PrefTrainer(config, loaded.model, loaded.tokenizer, judge=judge, layout_config=layout, device=device)
+    trainer = PrefTrainer(config, loaded.model, loaded.tokenizer, judge=judge, layout_config=layout, device=device,
+                          stage1_adapter=stage1)
     return trainer.run(examples)
