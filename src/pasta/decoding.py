@@ -363,6 +363,8 @@ class Decoding:
             t += ordinal - previous
             previous = ordinal
             if kind == "fork":
+                if index >= len(self.threads):  # the request ended before the chunk was created: it costs nothing
+                    continue
                 end = t + self.threads[index].trace.sampled
                 outstanding_end = max(outstanding_end, end)
                 all_end = max(all_end, end)

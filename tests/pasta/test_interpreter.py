@@ -214,6 +214,17 @@ def test_request_budget_stops_everything_and_keeps_text():
     assert any("max_new_tokens" in w for w in result.stats.warnings)
 
 
+def test_request_budget_right_after_a_promise():
+    """The budget can end the request after a promise was read but before its chunk could fork."""
+    main = 'ab<promise topic="x"/>cd'
+    budget = len(TOK.encode('ab<promise topic="x"/>', add_special_tokens=False))
+    interp = _interp("llama", limits=DecodeLimits(max_new_tokens=budget))
+    decoding, result = _run_forced(interp, main, ["<async>never</async>"])
+    assert len(decoding.threads) == 1 and result.text == "ab"
+    assert result.annotated == 'ab<promise topic="x"/>'
+    assert result.stats.critical_path == budget
+
+
 def test_main_eos_waits_for_outstanding_chunks():
     interp = _interp("llama")
     decoding, result = _run_forced(interp, 'a<promise topic="t"/>', ["<async>" + "b" * 20 + "</async>"])
@@ -233,3 +244,14 @@ def test_bad_arguments_are_clear():
         interp.start([])
     with pytest.raises(ValueError, match="mode"):
         interp.start([1, 2], mode="fast")
+
+
+def test_request_budget_ending_on_a_promise_tag():
+    """The budget runs out on the token that completes a promise: the chunk is never created; the critical path
+    must not count it (it used to index a thread that does not exist)."""
+    main = 'ab<promise topic="t"/>'
+    interp = _interp("llama", limits=DecodeLimits(max_new_tokens=len(main)))
+    decoding, result = _run_forced(interp, main + "more", ["<async>body</async>"])
+    assert len(decoding.threads) == 1
+    assert result.stats.critical_path == result.stats.tokens == len(main)
+    assert result.text == "ab"
