@@ -310,7 +310,15 @@ class Decoding:
         thread.trace.end_step = self.steps
         if not keep_pending:
             thread.pending = []
-        for event in thread.recognizer.feed(thread.detok.flush()) + thread.recognizer.flush():
+        for event in thread.recognizer.feed(thread.detok.flush()):
+            thread.events.append(event if isinstance(event, Text) else _Ignored(event.raw))
+        cut = thread.recognizer.pending
+        if cut and reason in ("budget", "request_budget"):
+            # A tag the budget cut in half is markup, not content: kept in `annotated`, dropped from `text`.
+            thread.events.append(_Ignored(cut))
+            thread.recognizer = Recognizer()
+            self.warnings.append(f"thread {thread.trace.id}: unfinished tag {cut!r} cut by the budget; dropped from text")
+        for event in thread.recognizer.flush():
             thread.events.append(event if isinstance(event, Text) else _Ignored(event.raw))
         if thread.kind == "main":
             thread.forks = []

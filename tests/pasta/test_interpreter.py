@@ -225,6 +225,18 @@ def test_request_budget_right_after_a_promise():
     assert result.stats.critical_path == budget
 
 
+def test_a_tag_cut_by_the_budget_is_not_shown_as_text():
+    interp = _interp("llama", limits=DecodeLimits(max_new_tokens=10, max_thread_tokens=12))
+    decoding, result = _run_forced(interp, 'intro <promise topic="long topic"/>', [])
+    assert result.text == "intro "  # the half-written '<prom' is markup, not content
+    assert result.annotated == "intro <pro"
+    assert any("unfinished tag" in w for w in result.stats.warnings)
+    interp = _interp("llama", limits=DecodeLimits(max_thread_tokens=12))
+    decoding, result = _run_forced(interp, 'a<promise topic="t"/><sync/>b', ["<async>body text</async>"])
+    assert result.text == "abody textb"  # the chunk was cut at '</a'; only its text is shown
+    assert decoding.threads[1].trace.close_reason == "budget"
+
+
 def test_main_eos_waits_for_outstanding_chunks():
     interp = _interp("llama")
     decoding, result = _run_forced(interp, 'a<promise topic="t"/>', ["<async>" + "b" * 20 + "</async>"])
@@ -244,14 +256,3 @@ def test_bad_arguments_are_clear():
         interp.start([])
     with pytest.raises(ValueError, match="mode"):
         interp.start([1, 2], mode="fast")
-
-
-def test_request_budget_ending_on_a_promise_tag():
-    """The budget runs out on the token that completes a promise: the chunk is never created; the critical path
-    must not count it (it used to index a thread that does not exist)."""
-    main = 'ab<promise topic="t"/>'
-    interp = _interp("llama", limits=DecodeLimits(max_new_tokens=len(main)))
-    decoding, result = _run_forced(interp, main + "more", ["<async>body</async>"])
-    assert len(decoding.threads) == 1
-    assert result.stats.critical_path == result.stats.tokens == len(main)
-    assert result.text == "ab"
