@@ -314,8 +314,8 @@ class Decoding:
             thread.events.append(event if isinstance(event, Text) else _Ignored(event.raw))
         cut = thread.recognizer.pending
         if cut and reason in ("budget", "request_budget"):
-            # A tag the budget cut in half is markup, not content: kept in `annotated`, dropped from `text`.
-            thread.events.append(_Ignored(cut))
+            # A tag the budget cut in half is markup, not content: dropped from `text` and `annotated` (so the
+            # storage form stays valid), and recorded in the warnings.
             thread.recognizer = Recognizer()
             self.warnings.append(f"thread {thread.trace.id}: unfinished tag {cut!r} cut by the budget; dropped from text")
         for event in thread.recognizer.flush():
@@ -328,6 +328,8 @@ class Decoding:
             return
         for thread in self.threads:
             if thread.state != "done":
+                for promise in thread.forks:
+                    self.warnings.append(f"promise {promise.raw!r} read as the request stopped: no chunk; dropped")
                 thread.forks = []
                 self._end_thread(thread, reason)
         self.warnings.append(f"request reached max_new_tokens={self.limits.max_new_tokens}; stopped")
@@ -353,11 +355,10 @@ class Decoding:
             elif isinstance(event, _Ignored):
                 annotated.append(event.raw)
             elif isinstance(event, Promise):
-                annotated.append(event.raw)
                 chunk = next(chunks, None)
-                if chunk is not None:
+                if chunk is not None:  # None: the request stopped before this promise could fork (warned)
                     a, p = self.chunk_text(chunk)
-                    annotated.append(a)
+                    annotated.append(event.raw + a)
                     plain.append(p)
             else:  # Sync
                 annotated.append(event.raw)

@@ -9,6 +9,7 @@ from tiny import ByteTokenizer, tiny_model
 
 from pasta.decoding import DecodeLimits, Decoding
 from pasta.interpreter import Interpreter
+from pasta.lang import is_valid
 from pasta.layout import LayoutConfig
 from pasta.reference import reference_generate
 from pasta.sampling import SamplingParams
@@ -212,6 +213,7 @@ def test_request_budget_stops_everything_and_keeps_text():
     assert all(t.state == "done" for t in decoding.threads)
     assert result.text.startswith("intro ")
     assert any("max_new_tokens" in w for w in result.stats.warnings)
+    assert is_valid(result.annotated)  # a budget stop leaves valid Pasta-Lang (chunks closed, cut tags dropped)
 
 
 def test_request_budget_right_after_a_promise():
@@ -221,7 +223,8 @@ def test_request_budget_right_after_a_promise():
     interp = _interp("llama", limits=DecodeLimits(max_new_tokens=budget))
     decoding, result = _run_forced(interp, main, ["<async>never</async>"])
     assert len(decoding.threads) == 1 and result.text == "ab"
-    assert result.annotated == 'ab<promise topic="x"/>'
+    assert result.annotated == "ab"  # the promise never forked: dropped, and said so
+    assert any("no chunk; dropped" in w for w in result.stats.warnings)
     assert result.stats.critical_path == budget
 
 
@@ -229,8 +232,8 @@ def test_a_tag_cut_by_the_budget_is_not_shown_as_text():
     interp = _interp("llama", limits=DecodeLimits(max_new_tokens=10, max_thread_tokens=12))
     decoding, result = _run_forced(interp, 'intro <promise topic="long topic"/>', [])
     assert result.text == "intro "  # the half-written '<prom' is markup, not content
-    assert result.annotated == "intro <pro"
-    assert any("unfinished tag" in w for w in result.stats.warnings)
+    assert result.annotated == "intro "  # the storage form stays valid Pasta-Lang
+    assert any("unfinished tag '<pro'" in w for w in result.stats.warnings)
     interp = _interp("llama", limits=DecodeLimits(max_thread_tokens=12))
     decoding, result = _run_forced(interp, 'a<promise topic="t"/><sync/>b', ["<async>body text</async>"])
     assert result.text == "abody textb"  # the chunk was cut at '</a'; only its text is shown
