@@ -92,7 +92,7 @@ class Interpreter:
         from .models import load_model
 
         loaded = load_model(name_or_path, dtype=dtype, adapter=adapter)
-        layout_config = kwargs.pop("layout_config", None) or layout_config_for(loaded.path, adapter)
+        layout_config = kwargs.pop("layout_config", None) or layout_config_for(loaded)
         return cls(loaded.model, loaded.tokenizer, name=loaded.name, layout_config=layout_config, **kwargs)
 
     # -- prompts --------------------------------------------------------------------------------------------------
@@ -200,21 +200,14 @@ def build_stats(decoding: Decoding, wall_s: float, cache_tokens: int) -> RunStat
     )
 
 
-def layout_config_for(model_path: str, adapter) -> LayoutConfig:
-    """A trained Pasta model records the layout it was trained with (pasta_layout.json beside its weights or
-    adapter); decoding must use the same one."""
+def layout_config_for(loaded) -> LayoutConfig:
+    """A trained Pasta model records the layout it was trained with (pasta_layout.json beside its adapter or
+    weights); decoding must use the same one."""
     import json
     from pathlib import Path
 
-    from .models import default_adapter_path
-
-    candidates = [Path(model_path)]
-    if adapter is True and default_adapter_path() is not None:
-        candidates.insert(0, default_adapter_path())
-    elif adapter and adapter is not True:
-        candidates.insert(0, Path(adapter))
-    for folder in candidates:
-        path = folder / "pasta_layout.json"
-        if path.is_file():
+    for folder in (loaded.adapter, loaded.path):
+        path = Path(folder) / "pasta_layout.json" if folder else None
+        if path is not None and path.is_file():
             return LayoutConfig(**json.loads(path.read_text()))
     return LayoutConfig()

@@ -28,6 +28,7 @@ class LoadedModel:
     tokenizer: object
     name: str
     path: str
+    adapter: str | None = None  # the PEFT adapter merged into `model`, if any
 
 
 def cache_dir() -> Path:
@@ -171,4 +172,5 @@ def load_model(
     if device:
         model.to(device)
     model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=str(folder))
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=str(folder),
+                       adapter=str(adapter_path) if adapter_path is not None else None)

@@ -513,7 +513,7 @@ def train_pref(config: PrefConfig) -> dict:
     rank, world = _dist()
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     loaded = load_model(config.model, dtype="float32", adapter=config.adapter, device=device)
-    layout = layout_config_for(loaded.path, config.adapter)
+    layout = layout_config_for(loaded)
     stage1 = None  # the LoRA adapter load_model merged, if any (the same rule as load_model's)
     if config.model and (Path(config.model) / "adapter_config.json").is_file():
         stage1 = Path(config.model)
