@@ -6,6 +6,7 @@ same annotations (the same answer token for token under greedy decoding). Prints
 - uses_promise: fraction with at least one promise
 - theoretical_speedup_geomean: geometric mean of tokens / steps of asynchronous decoding
 - wall_speedup_geomean: geometric mean of wall(sequential) / wall(async)
+- truncated: fraction of answers that reached --max-new-tokens
 
     python bench/default_model.py --json --limit 20
 """
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         "wall_speedup_geomean": geomean([r["wall_speedup"] for r in rows]),
         "same_text_async_vs_sequential": sum(r["same_as_sequential"] for r in rows) / n,
         "mean_tokens": sum(r["tokens"] for r in rows) / n,
+        # Answers that hit --max-new-tokens (the interpreter closes them cleanly; the text is cut, not lost).
+        "truncated": sum(any("max_new_tokens" in w for w in r["warnings"]) for r in rows) / n,
     }
     print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))
     return 0
