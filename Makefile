@@ -11,11 +11,12 @@ setup:
 demo: setup
 	OMP_NUM_THREADS=1 $(VENV)/bin/pasta generate "$(PROMPT)" --show-tags --compare
 
+# One torch thread: tiny test models gain nothing from two, and two threads on a busy 2-core machine thrash.
 test: setup
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
 
 bench: setup
-	$(PY) bench/interpreter.py
+	$(PY) bench/interpreter.py --json --threads 1
 
 default-model: setup
 	bash scripts/build_default_model.sh
