@@ -12,6 +12,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..jsonl import jsonl_lines
 from typing import Any
 
 __all__ = ["PromptItem", "load_prompts", "ALPACA_EVAL"]
@@ -67,15 +69,10 @@ def load_prompts(spec: str, limit: int | None = None) -> list[PromptItem]:
             raise FileNotFoundError(f"prompt set {spec!r}: not 'alpaca_eval' and no such file")
         stem = path.stem
         if path.suffix == ".jsonl":
-            with path.open(encoding="utf-8") as f:
-                for line_no, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
-                    rows.append(_item(row, f"{path}:{line_no}", stem))
+            for line_no, row in jsonl_lines(path):
+                if isinstance(row, json.JSONDecodeError):
+                    raise ValueError(f"{path}:{line_no}: invalid JSON ({row.msg})")
+                rows.append(_item(row, f"{path}:{line_no}", stem))
         else:
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))

@@ -30,6 +30,8 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from ..jsonl import jsonl_lines
 from typing import Any
 
 from ..decoding import DecodeLimits
@@ -160,15 +162,13 @@ def read_jsonl(path: Path, key: Callable[[dict], Any]) -> dict[Any, dict]:
     out: dict[Any, dict] = {}
     if not path.is_file():
         return out
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                out[key(row)] = row
-            except (json.JSONDecodeError, KeyError, TypeError):
-                log.warning("%s:%d: unreadable line ignored (interrupted write); that item will be redone", path, line_no)
+    for line_no, row in jsonl_lines(path):
+        try:
+            if isinstance(row, json.JSONDecodeError):
+                raise row
+            out[key(row)] = row
+        except (json.JSONDecodeError, KeyError, TypeError):
+            log.warning("%s:%d: unreadable line ignored (interrupted write); that item will be redone", path, line_no)
     return out
 
 

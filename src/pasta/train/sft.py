@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..jsonl import jsonl_lines
 from ..lang import is_valid, to_structure
 from ..layout import LayoutConfig
 from .collator import LaidOut, causal_lm_loss, collate, layout_example
@@ -75,23 +76,21 @@ def read_rows(paths: list[str]) -> list[dict]:
     """Rows with a prompt and an annotated response; bad rows are reported (file:line) and skipped."""
     rows = []
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    log.warning("%s:%d: not JSON (%s); skipped", path, line_no, exc)
-                    continue
-                prompt, annotated = row.get("prompt"), row.get("annotated", row.get("response"))
-                if not isinstance(prompt, str) or not isinstance(annotated, str) or not prompt or not annotated:
-                    log.warning("%s:%d: needs non-empty string fields prompt and annotated; skipped", path, line_no)
-                    continue
-                if not is_valid(annotated):
-                    log.warning("%s:%d: annotated response is not valid Pasta-Lang; skipped", path, line_no)
-                    continue
-                rows.append({"prompt": prompt, "annotated": annotated, "id": row.get("id", f"{path}:{line_no}")})
+        for line_no, row in jsonl_lines(path):
+            if isinstance(row, json.JSONDecodeError):
+                log.warning("%s:%d: not JSON (%s); skipped", path, line_no, row)
+                continue
+            if not isinstance(row, dict):
+                log.warning("%s:%d: not a JSON object; skipped", path, line_no)
+                continue
+            prompt, annotated = row.get("prompt"), row.get("annotated", row.get("response"))
+            if not isinstance(prompt, str) or not isinstance(annotated, str) or not prompt or not annotated:
+                log.warning("%s:%d: needs non-empty string fields prompt and annotated; skipped", path, line_no)
+                continue
+            if not is_valid(annotated):
+                log.warning("%s:%d: annotated response is not valid Pasta-Lang; skipped", path, line_no)
+                continue
+            rows.append({"prompt": prompt, "annotated": annotated, "id": row.get("id", f"{path}:{line_no}")})
     return rows
 
 
