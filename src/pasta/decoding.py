@@ -148,7 +148,7 @@ class Decoding:
         for thread in self.threads[1:]:
             if thread.state == "queued" and self._may_start():
                 thread.state = "running"
-            if thread.state == "running" and thread.pending and self._async_may_run(thread, inputs):
+            if thread.state == "running" and thread.pending and self._async_may_run(inputs):
                 self._feed(thread, inputs, sample=True)
         if not inputs.token_ids:
             raise RuntimeError("decoding is stuck: no thread can run (this is a bug; please report it)")
@@ -212,7 +212,7 @@ class Decoding:
         limit = 1 if self.mode == "sequential" else self.limits.max_threads
         return running < limit
 
-    def _async_may_run(self, thread: _Thread, inputs: StepInputs) -> bool:
+    def _async_may_run(self, inputs: StepInputs) -> bool:
         if self.mode == "async":
             return True
         return not inputs.logit_rows  # sequential: one sampling thread per forward pass

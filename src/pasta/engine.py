@@ -63,7 +63,6 @@ class ModelRunner:
         self.model = model
         self.config = model.config
         self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
         params = inspect.signature(model.forward).parameters
         # transformers >= 5 calls the cache `cache`; older releases `past_key_values`.
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
