@@ -8,7 +8,7 @@ import logging
 import sys
 
 from .backends.openai import add_backend_args, generate_from_args
-from .data.cli import add_annotate_parser
+from .data.cli import add_annotate_parser, add_distill_parser
 from .eval.cli import add_eval_parser
 from .serve.cli import add_serve_parser
 from .train.cli import add_train_parser
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     add_annotate_parser(sub)
+    add_distill_parser(sub)
     add_train_parser(sub)
     add_serve_parser(sub)
     add_eval_parser(sub)

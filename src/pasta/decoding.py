@@ -29,7 +29,7 @@ import torch
 
 from .detok import IncrementalDetokenizer
 from .engine import StepInputs
-from .lang import ASYNC_CLOSE, ASYNC_OPEN, AsyncClose, AsyncOpen, Promise, Recognizer, Sync, Text, render
+from .lang import ASYNC_CLOSE, ASYNC_OPEN, SYNC, AsyncClose, AsyncOpen, Promise, Recognizer, Sync, Text, render, topic_key
 from .layout import MAIN, Layout, LayoutConfig
 
 Mode = Literal["async", "sequential"]
@@ -37,14 +37,28 @@ Mode = Literal["async", "sequential"]
 
 @dataclass(frozen=True)
 class DecodeLimits:
+    """Budgets and runtime guards of one request.
+
+    Guards are a safety net for a model that writes runaway Pasta-Lang (docs/pasta-lang.md, "Runtime guards"). A
+    promise is *refused* when its topic repeats an earlier promise's topic in the request (`refuse_repeated_topics`),
+    when the request already has `max_promises` promises, or when `max_promises_per_sync` promises are outstanding
+    since the last `<sync/>`. A refused promise forks no chunk and is dropped from the answer, and the main thread
+    is made to write `<sync/>` next (so it sees every chunk and can conclude). A second refusal with no accepted
+    promise in between ends the main thread (the answer finishes once its chunks are done). Every firing is
+    recorded in `RunStats.guards`. Teacher forcing is never guarded.
+    """
+
     max_new_tokens: int = 1024  # sampled tokens of the whole request, all threads together
     max_thread_tokens: int = 512  # sampled tokens of one async chunk
     max_threads: int = 8  # async chunks decoding at the same time
+    max_promises: int = 16  # promises per request
+    max_promises_per_sync: int = 8  # promises outstanding before the main thread must sync
+    refuse_repeated_topics: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "max_thread_tokens", "max_threads"):
+        for name in ("max_new_tokens", "max_thread_tokens", "max_threads", "max_promises", "max_promises_per_sync"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
@@ -76,6 +90,7 @@ class _Thread:
     state: Literal["queued", "running", "waiting", "done"] = "running"
     forks: list[Promise] = field(default_factory=list)  # promises completed by the pending token
     forced: list[int] | None = None  # teacher forcing: the tokens this thread must produce
+    inject: list[int] = field(default_factory=list)  # a guard's tokens, taken instead of the next samples
     opened: bool = False
     closed: bool = False
 
@@ -121,6 +136,12 @@ class Decoding:
         self._prefilled = False
         self._samplers: list[int] = []  # thread index per logit row of the last step
         self._main_markers: list[tuple[str, int, int]] = []  # (fork|sync, main token ordinal, chunk index)
+        self.guards: list[str] = []  # runtime guards that fired, in order
+        self.sync_ids = tokenizer.encode(SYNC, add_special_tokens=False)
+        self._topics: set[str] = set()
+        self._promises = 0
+        self._since_sync = 0
+        self._refused_in_a_row = 0
 
     # -- stepping -------------------------------------------------------------------------------------------
     def next_inputs(self) -> StepInputs:
@@ -226,7 +247,9 @@ class Decoding:
             raise ValueError(f"expected {len(self._samplers)} sampled tokens, got {len(sampled)}")
         for index, token in zip(self._samplers, sampled):
             thread = self.threads[index]
-            if thread.forced is not None:  # teacher forcing: the model's choice is replaced by the teacher's
+            if thread.inject:  # a guard writes this token instead of the model
+                token = thread.inject.pop(0)
+            elif thread.forced is not None:  # teacher forcing: the model's choice is replaced by the teacher's
                 token = thread.forced[len(thread.tokens)] if len(thread.tokens) < len(thread.forced) else None
                 if token is None:
                     token = next(iter(self.eos_ids))
@@ -276,11 +299,17 @@ class Decoding:
             return
         if thread.kind == "main":
             if isinstance(event, Promise):
+                refusal = None if self._teacher else self._refusal(event)
+                if refusal is not None:
+                    self._refuse(thread, event, refusal)
+                    return
+                self._accept(event)
                 thread.forks.append(event)
                 self._main_markers.append(("fork", thread.trace.sampled, len(self.threads) + len(thread.forks) - 1))
                 return
             if isinstance(event, Sync):
                 thread.state = "waiting"
+                self._since_sync = 0
                 self._main_markers.append(("sync", thread.trace.sampled, 0))
                 return
             self._ignore(thread, event, "is not valid in the main thread")
@@ -297,6 +326,35 @@ class Decoding:
             self._ignore(thread, event, "comes after the chunk's </async>")
         else:
             self._ignore(thread, event, "is not valid inside a chunk")
+
+    # -- runtime guards (DecodeLimits) ------------------------------------------------------------------------
+    def _refusal(self, promise: Promise) -> str | None:
+        limits = self.limits
+        if limits.refuse_repeated_topics and topic_key(promise.topic) in self._topics:
+            return "repeated_topic"
+        if self._promises >= limits.max_promises:
+            return "max_promises"
+        if self._since_sync >= limits.max_promises_per_sync:
+            return "max_promises_per_sync"
+        return None
+
+    def _accept(self, promise: Promise) -> None:
+        self._topics.add(topic_key(promise.topic))
+        self._promises += 1
+        self._since_sync += 1
+        self._refused_in_a_row = 0
+
+    def _refuse(self, thread: _Thread, promise: Promise, reason: str) -> None:
+        """No chunk for this promise: its tag leaves the answer, and the main thread syncs (or, refused twice in a
+        row, ends)."""
+        thread.events[-1] = _Refused(promise.raw)
+        self._refused_in_a_row += 1
+        if self._refused_in_a_row >= 2:
+            self.guards.append(f"{reason}: {promise.raw}; main thread ended")
+            self._end_thread(thread, "guard")
+            return
+        self.guards.append(f"{reason}: {promise.raw}; forced <sync/>")
+        thread.inject = list(self.sync_ids)
 
     def _ignore(self, thread: _Thread, event, why: str) -> None:
         thread.events[-1] = _Ignored(event.raw)
@@ -335,6 +393,16 @@ class Decoding:
         self.warnings.append(f"request reached max_new_tokens={self.limits.max_new_tokens}; stopped")
 
     # -- results --------------------------------------------------------------------------------------------------
+    @property
+    def finish_reason(self) -> str | None:
+        """eos (the model ended its answer), length (the request's token cap), guard (a runtime guard ended it);
+        None while decoding."""
+        if not self.done:
+            return None
+        if any(t.trace.close_reason == "request_budget" for t in self.threads):
+            return "length"
+        return "guard" if self.threads[0].trace.close_reason == "guard" else "eos"
+
     def chunk_text(self, thread: _Thread) -> tuple[str, str]:
         """(annotated "<async>...</async>", plain body) of a chunk; a missing close tag is restored."""
         annotated = render(e if not isinstance(e, _Ignored) else Text(e.raw) for e in thread.events)
@@ -352,6 +420,8 @@ class Decoding:
             if isinstance(event, Text):
                 annotated.append(event.text)
                 plain.append(event.text)
+            elif isinstance(event, _Refused):
+                continue  # a guard refused this promise: no chunk, and no trace in the answer
             elif isinstance(event, _Ignored):
                 annotated.append(event.raw)
             elif isinstance(event, Promise):
@@ -391,3 +461,9 @@ class _Ignored:
 
     def __init__(self, raw: str) -> None:
         self.raw = raw
+
+
+class _Refused(_Ignored):
+    """A promise refused by a runtime guard: no chunk, dropped from `text` and `annotated` (recorded in guards)."""
+
+    __slots__ = ()

@@ -35,6 +35,8 @@ class RunStats:
     tokens_per_thread: list[int]
     timeline: list[ThreadTrace]
     warnings: list[str] = field(default_factory=list)
+    finish_reason: str = "eos"  # eos | length (the request's token cap) | guard (a runtime guard ended it)
+    guards: list[str] = field(default_factory=list)  # runtime guards that fired (see DecodeLimits)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -197,6 +199,8 @@ def build_stats(decoding: Decoding, wall_s: float, cache_tokens: int) -> RunStat
         tokens_per_thread=[t.trace.sampled for t in decoding.threads],
         timeline=[t.trace for t in decoding.threads],
         warnings=list(decoding.warnings),
+        finish_reason=decoding.finish_reason,
+        guards=list(decoding.guards),
     )
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "AsyncOpen",
     "AsyncClose",
     "Sync",
+    "topic_key",
     "Event",
     "Recognizer",
     "parse",
@@ -166,6 +167,14 @@ def _parse_tokens(value: str | None) -> int | None:
         return None
     n = int(v)
     return n if 0 < n <= MAX_TOKENS else None
+
+
+_TOPIC_WORD_RE = re.compile(r"\w+(?:['\u2019]\w+)*")
+
+
+def topic_key(topic: str | None) -> str:
+    """Topics that differ only in case, punctuation or spacing are the same topic (runtime guards, statistics)."""
+    return " ".join(w.casefold() for w in _TOPIC_WORD_RE.findall(topic or ""))
 
 
 def promise_tag(topic: str, tokens: int | None = None) -> str:

@@ -31,11 +31,14 @@ def check(text: str, **kw) -> lang.AnnotatedResponse:
     return lang.to_structure(out, strict=True)
 
 
+V1 = StructuralConfig.v1()
+
+
 def test_numbered_list_with_intro_and_outro():
     text = (f"Here are some tips:\n\n1. Sleep: {LONG}.\n2. Food: {LONG}.\n3. Exercise: {LONG}.\n\n"
             "Overall, these habits add up.")
-    out = annotate_structural(text)
-    s = check(text)
+    out = annotate_structural(text, config=V1)
+    s = check(text, config=V1)
     assert [c.topic for c in s.chunks] == ["Sleep", "Food", "Exercise"]
     assert [c.body for c in s.chunks] == [f"1. Sleep: {LONG}.", f"2. Food: {LONG}.", f"3. Exercise: {LONG}."]
     assert out.startswith("Here are some tips:\n\n<promise ")
@@ -46,9 +49,9 @@ def test_numbered_list_with_intro_and_outro():
 
 def test_tokens_come_from_the_given_counter():
     text = f"- {LONG}\n- {LONG} and more"
-    s = check(text, count_tokens=lambda body: 123)
+    s = check(text, count_tokens=lambda body: 123, config=V1)
     assert [c.tokens for c in s.chunks] == [130, 130]
-    s = check(text, count_tokens=len, config=StructuralConfig(tokens_multiple=5))
+    s = check(text, count_tokens=len, config=StructuralConfig.v1(tokens_multiple=5))
     assert [c.tokens for c in s.chunks] == [-(-len(c.body) // 5) * 5 for c in s.chunks]
 
 
@@ -85,6 +88,38 @@ def test_unstructured_and_small_structures_are_left_alone():
         assert annotate_structural(text) == text, text
 
 
+def test_v2_keeps_list_markers_in_the_main_thread():
+    text = f"Here are some tips:\n\n1. **Sleep**: {LONG}.\n2. **Food**: {LONG}.\n\nOverall, these habits add up."
+    s = check(text)
+    assert [c.topic for c in s.chunks] == ["Sleep", "Food"]
+    assert [c.body for c in s.chunks] == [f"**Sleep**: {LONG}.", f"**Food**: {LONG}."]
+    main = s.main_thread_text()
+    assert "1. <promise" in main and "\n2. <promise" in main and main.count("<sync/>") == 1
+
+
+def test_v2_groups_long_lists_into_at_most_max_chunks():
+    items = [f"{i}. Topic{i}: {LONG}." for i in range(1, 11)]
+    text = "Ten ideas:\n" + "\n".join(items) + "\nThat is all."
+    s = check(text)
+    assert len(s.chunks) == 5  # 10 items, at most 6 chunks: pairs
+    assert s.chunks[0].topic == "Topic1; Topic2"
+    assert s.chunks[0].body == f"Topic1: {LONG}.\n2. Topic2: {LONG}."
+    assert len(check(text, config=StructuralConfig(max_chunks=3)).chunks) == 3  # groups of 4, 4, 2
+    too_many = "\n".join(f"{i}. Topic{i}: {LONG}." for i in range(1, 21))
+    assert not check(too_many).chunks  # more than max_items: left alone
+    assert len(check(too_many, config=V1).chunks) == 20
+
+
+def test_v2_topics_are_distinct_or_the_list_is_left_alone():
+    same = f"- Sleep well: {LONG}.\n- Sleep well: {LONG} again."
+    assert not check(same).chunks
+    assert [c.topic for c in check(same, config=V1).chunks] == ["Sleep well", "Sleep well"]
+    # Equal short topics become distinct with more words.
+    longer = "- Exercise: walk one hour a day in the park\n- Exercise: swim twice a week at the local pool"
+    topics = [c.topic for c in check(longer).chunks]
+    assert len(set(topics)) == 2 and all(t.startswith("Exercise") for t in topics)
+
+
 def test_topic_from_text():
     assert topic_from_text("1. **Stay hydrated.** Drink water.") == "Stay hydrated"
     assert topic_from_text("## Effects on cities\nbody") == "Effects on cities"
@@ -107,7 +142,7 @@ def test_lists_are_always_valid_and_text_preserving(intro, items, gap, outro):
     for marker, body, nested in items:
         lines.append(f"{marker} {body}" + (f"\n   - sub {body}" if nested else ""))
     text = intro + gap.join(lines) + outro
-    s = check(text)
+    s = check(text, config=V1)
     # Words the rules count per item: the body, a nested line ("sub" + body), a number marker, a lazy tail.
     words = [len(b.split()) * (2 if nested else 1) + nested + marker[0].isdigit() for marker, b, nested in items]
     if words and outro == "\nlazy tail":
@@ -128,7 +163,7 @@ def test_arbitrary_markdownish_text_is_never_changed(text):
 
 
 def test_file_pipeline_writes_rows_and_resumes(tmp_path):
-    examples = [Example("s:1", "p", f"Tips:\n- {LONG}\n- {LONG}", "s"), Example("s:2", "p", "Plain.", "s"),
+    examples = [Example("s:1", "p", f"Tips:\n- Sleep: {LONG}\n- Food: {LONG}", "s"), Example("s:2", "p", "Plain.", "s"),
                 Example("s:3", "p", "has <async> text", "s")]
     out, rej = tmp_path / "out.jsonl", tmp_path / "rej.jsonl"
     stats = annotate_structural_examples(examples, out, rej, progress=False)

@@ -138,6 +138,26 @@ def test_skeleton_of_thought_on_a_tiny_model(systems):
 # ---- the pipeline ------------------------------------------------------------------------------------------------
 
 
+def _summary_row(system, pid, wall, theo, complete):
+    return {"id": pid, "system": system, "instruction": "q", "output": "x" * 10, "wall_s": 1.0, "tokens": 10,
+            "steps": 5, "critical_path": 5, "threads": 1, "wall_speedup": wall, "theoretical_speedup": theo,
+            "preference": 0.5, "length_chars": 10, "complete": complete, "stats": None}
+
+
+def test_summary_speedups_count_complete_answers_only(tmp_path):
+    from pasta.eval.runner import summarize
+
+    rows = [_summary_row("pasta", "a", 2.0, 2.5, True), _summary_row("pasta", "b", 8.0, 9.0, True),
+            _summary_row("pasta", "c", 30.0, 40.0, False),  # a runaway answer
+            _summary_row("sequential", "a", 1.0, 1.0, True), _summary_row("sequential", "b", 1.0, 1.0, True),
+            _summary_row("sequential", "c", 1.0, 1.0, False)]
+    s = summarize(_config(tmp_path), rows, None)["systems"]["pasta"]
+    assert s["complete"] == pytest.approx(2 / 3) and s["n_speedup"] == 2
+    assert s["wall_speedup_geomean"] == pytest.approx(4.0)
+    assert s["theoretical_speedup_geomean"] == pytest.approx((2.5 * 9.0) ** 0.5)
+
+
+
 def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -156,15 +176,21 @@ def test_run_eval_outputs_and_summary(tmp_path, systems):
         assert set(rows[0]) == {"instruction", "output", "generator", "dataset"}
         assert rows[0]["generator"].startswith(system + ":")
         s = summary["systems"][system]
-        for key in ("wall_speedup_geomean", "theoretical_speedup_geomean", "win_rate", "win_rate_se", "lc_win_rate"):
+        for key in ("win_rate", "win_rate_se", "lc_win_rate"):
             assert s[key] is not None, (system, key)
+        # A random tiny model never says EOS within 16 tokens: every answer is truncated, so no speedup is
+        # reported (a truncated answer is a failure, never a speedup).
+        assert s["complete"] == 0.0 and s["n_speedup"] == 0, system
+        assert s["wall_speedup_geomean"] is None and s["theoretical_speedup_geomean"] is None
     per = _lines(out / "per_prompt.jsonl")
     seq = {r["id"]: r for r in per if r["system"] == "sequential"}
     for r in per:  # hand-check the per-prompt speedups against the raw records
+        assert r["complete"] is False
         assert r["wall_speedup"] == pytest.approx(seq[r["id"]]["wall_s"] / r["wall_s"])
-        assert r["theoretical_speedup"] == pytest.approx(seq[r["id"]]["tokens"] / r["critical_path"])
-    assert summary["systems"]["sequential"]["wall_speedup_geomean"] == pytest.approx(1.0)
+        assert r["theoretical_speedup"] == pytest.approx((r["stats"]["plain_tokens"] + 1) / r["critical_path"])
+    assert summary["answers"]["truncated"]["n"] == len(ITEMS)
     assert summary["systems"]["sequential"]["win_rate"] == 50.0
+    assert summary["judge_sanity"]["pairs"] > 0  # the judge's own accuracy is part of every judged report
     # The judge's preferences reproduce the summary's win rate.
     judged = [r for r in per if r["system"] == "original"]
     expected = 100 * sum(r["preference"] for r in judged) / len(judged)
@@ -172,8 +198,9 @@ def test_run_eval_outputs_and_summary(tmp_path, systems):
     # pasta and sequential give the same text under greedy decoding: a tie without a judge call.
     pasta_j = [j for j in _lines(out / "judgments.jsonl") if j["system"] == "pasta"]
     assert all(j["identical"] and j["preference"] == 0.5 for j in pasta_j)
+    sanity_calls = 2 * sum(not r["identical"] for r in summary["judge_sanity"]["rows"])
     assert judge.calls == 2 * 2 * len(ITEMS) - 2 * sum(
-        1 for j in _lines(out / "judgments.jsonl") if j["identical"] and j["system"] != "pasta")
+        1 for j in _lines(out / "judgments.jsonl") if j["identical"] and j["system"] != "pasta") + sanity_calls
 
 
 def test_resume_after_interruption_loses_no_finished_prompt(tmp_path, systems, monkeypatch):

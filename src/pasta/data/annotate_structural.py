@@ -64,18 +64,44 @@ _WORD_RE = re.compile(r"\w+(?:['\u2019]\w+)*")
 
 @dataclass(frozen=True)
 class StructuralConfig:
+    """Rules of the structural annotator. The defaults are version 2 (`v1()` gives the first version's rules):
+
+    - `max_chunks`: a list of more items is grouped into at most this many chunks of consecutive items (topic:
+      the items' topics joined by "; "), a list of more than `max_items` is left alone, and an answer gets at most
+      this many chunks in all (a later group that would exceed it stays in the main thread). Few, larger chunks
+      teach a small model to sync: in version 1, lists of 8-10 chunks made "another promise" the likely next step.
+    - `marker_in_main`: an item's list marker ("1. ", "- ") stays in the main thread, before its promise, so the
+      main thread counts the items and a chunk need not guess its own number.
+    - `distinct_topics`: a group whose topics repeat (case and punctuation aside) gets longer topics, or is left
+      alone; the main thread only sees topics, and repeated topics taught it to repeat itself.
+    """
+
     min_items: int = 2
     min_words: int = 8  # every item of a group must be at least this long: short items are not worth a thread
     max_topic_words: int = 6
     tokens_multiple: int = 10
     sections: bool = True
     lists: bool = True
+    max_chunks: int | None = 6
+    max_items: int | None = 18
+    marker_in_main: bool = True
+    distinct_topics: bool = True
 
     def __post_init__(self) -> None:
         if self.min_items < 2:
             raise ValueError(f"min_items must be >= 2 (one chunk is nothing to parallelize), got {self.min_items}")
         if self.min_words < 1 or self.max_topic_words < 1 or self.tokens_multiple < 1:
             raise ValueError("min_words, max_topic_words and tokens_multiple must be >= 1")
+        if self.max_chunks is not None and self.max_chunks < self.min_items:
+            raise ValueError(f"max_chunks must be >= min_items ({self.min_items}), got {self.max_chunks}")
+        if self.max_items is not None and self.max_items < self.min_items:
+            raise ValueError(f"max_items must be >= min_items ({self.min_items}), got {self.max_items}")
+
+    @classmethod
+    def v1(cls, **overrides) -> StructuralConfig:
+        """The first version's rules (one chunk per item, markers inside chunks, topics as they come)."""
+        return cls(**{"max_chunks": None, "max_items": None, "marker_in_main": False, "distinct_topics": False,
+                      **overrides})
 
 
 @dataclass
@@ -251,17 +277,27 @@ def _insert_tags(text: str, count: TokenCounter, config: StructuralConfig) -> st
             intro = next((ln.text for ln in reversed(lines[: items[0][0]]) if not _is_blank(ln)), "")
             if _PROCEDURE_INTRO_RE.search(intro):
                 continue
+            if config.max_items is not None and len(items) > config.max_items:
+                continue  # too long a list to fork without many chunks: left alone
+            if config.marker_in_main:
+                bodies = [(_MARKER_RE.match(text, a).end(), b) for a, b in bodies]
             groups.append((bodies, bodies[-1][1]))
     if not groups:
         return text
 
     out: list[str] = []
     last = 0
+    total = 0
     for bodies, body_end in groups:
-        for a, b in bodies:
+        chunks = _chunks_of(text, bodies, config)
+        if chunks is None:
+            continue
+        if config.max_chunks is not None and total + len(chunks) > config.max_chunks:
+            continue  # at most max_chunks per answer: later groups stay in the main thread
+        total += len(chunks)
+        for (a, b), topic in chunks:
             body = text[a:b]
             tokens = lang.tokens_attr_from_count(count(body), config.tokens_multiple)
-            topic = topic_from_text(body, config.max_topic_words) or "part"
             out.append(text[last:a])
             out.append(lang.promise_tag(topic, tokens) + lang.ASYNC_OPEN + body + lang.ASYNC_CLOSE)
             last = b
@@ -272,6 +308,42 @@ def _insert_tags(text: str, count: TokenCounter, config: StructuralConfig) -> st
         last = sync_at
     out.append(text[last:])
     return "".join(out)
+
+
+_MARKER_RE = re.compile(r" {0,3}(?:[-*+\u2022]|\d{1,3}[.)])[ \t]+")
+_MAX_TOPIC_CHARS = 100
+
+
+def _chunks_of(text: str, bodies: list[tuple[int, int]], config: StructuralConfig
+               ) -> list[tuple[tuple[int, int], str]] | None:
+    """The group's chunks as ((start, end), topic): items grouped to at most `max_chunks`, topics made distinct
+    (None: the group is left alone)."""
+    size = 1 if config.max_chunks is None else -(-len(bodies) // config.max_chunks)
+    spans = [bodies[i : i + size] for i in range(0, len(bodies), size)]
+
+    def topics(longer: bool) -> list[str]:
+        out = []
+        for span in spans:
+            parts = [(_opening_words(text[a:b], 2 * config.max_topic_words) if longer else
+                      topic_from_text(text[a:b], config.max_topic_words)) or "part" for a, b in span]
+            joined = "; ".join(parts)
+            if len(joined) > _MAX_TOPIC_CHARS:  # a grouped topic stays a summary
+                joined = "; ".join(" ".join(p.split()[:3]) for p in parts)
+            out.append(joined)
+        return out
+
+    names = topics(longer=False)
+    if config.distinct_topics and len({lang.topic_key(t) for t in names}) < len(names):
+        names = topics(longer=True)
+        if len({lang.topic_key(t) for t in names}) < len(names):
+            return None
+    return [((span[0][0], span[-1][1]), name) for span, name in zip(spans, names)]
+
+
+def _opening_words(body: str, n: int) -> str:
+    """The first n words of a chunk's first line (its marker and markdown emphasis left out)."""
+    first = _MARKER_RE.sub("", body.strip().split("\n", 1)[0], count=1)
+    return " ".join(_WORD_RE.findall(first)[:n])
 
 
 def annotate_structural_examples(

@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-__all__ = ["add_annotate_parser", "run_annotate"]
+__all__ = ["add_annotate_parser", "run_annotate", "add_distill_parser", "run_distill"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,9 @@ def add_annotate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer for the `tokens` attribute: a HF folder, a .gguf file, or 'default' (the embedded "
                    "model); default: a tokenizer-free approximation")
+    p.add_argument("--structural-version", type=int, choices=(1, 2), default=2,
+                   help="structural annotator rules: 2 (default: at most 6 chunks, markers in the main thread, "
+                   "distinct topics) or 1 (the first version: a chunk per list item)")
     g = p.add_argument_group("openai annotator")
     g.add_argument("--base-url", default=None, help="e.g. http://localhost:8000/v1 (vLLM, SGLang, llama.cpp, hosted)")
     g.add_argument("--model", default=None, help="model name as the server knows it")
@@ -78,10 +81,12 @@ def run_annotate(args: argparse.Namespace) -> int:
     progress = not getattr(args, "no_progress", False)
 
     if args.annotator == "structural":
-        from pasta.data.annotate_structural import annotate_structural_examples
+        from pasta.data.annotate_structural import StructuralConfig, annotate_structural_examples
 
+        version = getattr(args, "structural_version", 2)
+        config = StructuralConfig.v1() if version == 1 else StructuralConfig()
         stats = annotate_structural_examples(examples, args.out, rejects, count_tokens=count_tokens,
-                                             progress=progress)
+                                             config=config, progress=progress)
     else:
         from pasta.data.annotate_llm import annotate_llm
         from pasta.openai_client import OpenAIClient
@@ -95,6 +100,64 @@ def run_annotate(args: argparse.Namespace) -> int:
           f"{stats_src.excluded_eval} eval prompts excluded")
     print(f"annotate: {stats.summary()}")
     print(f"output: {args.out}\nrejects: {rejects}")
+    return 0
+
+
+def add_distill_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "distill",
+        help="answer training prompts with the base model (self-distillation targets for Stage 1)",
+        description="Greedy answers of the base model (no adapter) to a source's prompts, decoded with continuous "
+        "batching. Output rows: {id, prompt, response, source, finish, tokens, repetition}; a rerun skips prompts "
+        "already answered. --kept writes the answers worth training on (ended by EOS, little repetition) as a "
+        "prompt/response JSONL for `pasta annotate --source`.",
+    )
+    p.add_argument("--source", default="sharegpt", help="'sharegpt' (bundled), a .jsonl file, or a datasets folder")
+    p.add_argument("--out", required=True, type=Path, help="output JSONL of every answer (appended to; resumable)")
+    p.add_argument("--kept", type=Path, default=None, help="also write the kept answers to this JSONL")
+    p.add_argument("--limit", type=int, default=None, help="answer at most this many distinct prompts")
+    p.add_argument("--shuffle-seed", type=int, default=None, help="shuffle the source's prompts before --limit")
+    p.add_argument("--list-share", type=float, default=None,
+                   help="with --limit: this share of the prompts is list-like (tips, examples, reasons, ...)")
+    p.add_argument("--model", default=None, help="base model (default: the embedded SmolLM2)")
+    p.add_argument("--max-new-tokens", type=int, default=400)
+    p.add_argument("--max-prompt-tokens", type=int, default=200)
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-repetition", type=float, default=0.1, help="kept answers repeat at most this share of word 4-grams")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_distill)
+    return p
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    import random
+
+    from pasta.data.distill import DistillConfig, distill, mix_prompts, select_prompts, write_kept
+    from pasta.data.sources import SourceStats, load_examples
+
+    if args.limit is not None and args.limit < 0:
+        print("error: --limit must be >= 0", file=sys.stderr)
+        return 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = DistillConfig(max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
+                           max_batch=args.max_batch, dtype=args.dtype, max_repetition=args.max_repetition)
+    stats_src = SourceStats()
+    examples = list(select_prompts(load_examples(args.source, stats=stats_src)))
+    if args.shuffle_seed is not None:
+        random.Random(args.shuffle_seed).shuffle(examples)
+    if args.limit is not None:
+        examples = (mix_prompts(examples, args.limit, args.list_share) if args.list_share is not None
+                    else examples[: args.limit])
+    stats = distill(examples, args.out, config, model=args.model, progress=not args.no_progress)
+    print(f"source {args.source}: {stats_src.rows} rows, {stats_src.excluded_eval} eval prompts excluded")
+    print(f"distill: {stats.summary()}")
+    if args.kept:
+        print(f"kept: {write_kept(args.out, args.kept, config)} answers -> {args.kept}")
     return 0
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pasta import lang
+from pasta.jsonl import open_append
 
 __all__ = [
     "REJECT_REASONS",
@@ -302,20 +303,6 @@ def _read_jsonl_ids(path: Path, retry_reasons: frozenset[str] = frozenset()) -> 
     return ids
 
 
-def _open_append(path: Path) -> TextIO:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # If an interruption left a partial last line, start on a fresh line so the next row stays parseable.
-    needs_newline = False
-    if path.exists() and path.stat().st_size > 0:
-        with path.open("rb") as f:
-            f.seek(-1, 2)
-            needs_newline = f.read(1) != b"\n"
-    f = path.open("a", encoding="utf-8")
-    if needs_newline:
-        f.write("\n")
-    return f
-
-
 class AnnotationStore:
     """Append-only, resumable output: accepted rows go to `out_path`, rejects to `rejects_path`.
 
@@ -333,8 +320,8 @@ class AnnotationStore:
         self._rej: TextIO | None = None
 
     def __enter__(self) -> AnnotationStore:
-        self._out = _open_append(self.out_path)
-        self._rej = _open_append(self.rejects_path)
+        self._out = open_append(self.out_path)
+        self._rej = open_append(self.rejects_path)
         return self
 
     def __exit__(self, *exc: object) -> None:

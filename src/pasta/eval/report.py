@@ -55,10 +55,16 @@ def markdown_report(summary: dict, rows: list[dict], compare: list[tuple[str, di
         lines.append(f"> Note: {note}")
     if summary.get("notes"):
         lines.append("")
+    sanity = summary.get("judge_sanity")
+    if sanity:
+        lines += [f"> **Judge sanity**: {sanity['verdict']} (by kind: "
+                  + ", ".join(f"{k} {100 * v:.0f}%" for k, v in sanity.get("by_kind", {}).items()) + ").", ""]
+    elif summary.get("judge"):
+        lines += ["> **Judge sanity**: not measured for this judge.", ""]
     lines += [
-        "| system | n | wall speedup (geomean, 95% CI) | theoretical speedup (geomean, 95% CI) | win rate % (SE) | "
-        "LC win rate % (SE) | mean tokens | mean chunks |",
-        "|---|---|---|---|---|---|---|---|",
+        "| system | n | complete | wall speedup (geomean, 95% CI) | theoretical speedup (geomean, 95% CI) | "
+        "win rate % (SE) | LC win rate % (SE) | mean tokens | mean chunks |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for system, s in summary["systems"].items():
         def ci(name):
@@ -66,7 +72,7 @@ def markdown_report(summary: dict, rows: list[dict], compare: list[tuple[str, di
             return "n/a" if g is None else f"{g:.2f}x [{c[0]:.2f}, {c[1]:.2f}]"
 
         lines.append(
-            f"| {system} | {s['n_prompts']} | {ci('wall_speedup')} | {ci('theoretical_speedup')} | "
+            f"| {system} | {s['n_prompts']} | {_fmt(s.get('complete'))} | {ci('wall_speedup')} | {ci('theoretical_speedup')} | "
             f"{_fmt(s.get('win_rate'), pct=True)} ({_fmt(s.get('win_rate_se'), pct=True)}) | "
             f"{_fmt(s.get('lc_win_rate'), pct=True)} ({_fmt(s.get('lc_win_rate_se'), pct=True)}) | "
             f"{_fmt(s.get('mean_tokens'), 1)} | {_fmt(s.get('mean_threads'), 2)} |"
@@ -79,10 +85,30 @@ def markdown_report(summary: dict, rows: list[dict], compare: list[tuple[str, di
         for system, s in other["systems"].items():
             lines.append(f"- {system}: wall {_fmt(s.get('wall_speedup_geomean'))}x, theoretical "
                          f"{_fmt(s.get('theoretical_speedup_geomean'))}x, LC win rate {_fmt(s.get('lc_win_rate'), pct=True)}")
+    answers = summary.get("answers")
+    if answers:
+        p, sp = answers["promise_answers"], answers["speedup"]
+        lines += [
+            "", "## What the Pasta answers did", "",
+            f"- complete (EOS before the cap): {_fmt(answers['complete'])} async, "
+            f"{_fmt(answers.get('complete_sequential'))} sequential, {_fmt(answers.get('complete_original'))} original; "
+            f"truncated: {answers['truncated']['n']}",
+            f"- uses a promise: {_fmt(answers['uses_promise'])}; well formed: {_fmt(answers['well_formed'])}; "
+            f"guards fired: {_fmt(answers['guards_fired'])}",
+            f"- answers with promises ({p['n']}): reaches sync {_fmt(p['reaches_sync'])}, repeated topics "
+            f"{_fmt(p['repeated_topics_share'])} of promises, near-duplicate chunks {_fmt(p['duplicate_chunks_share'])}, "
+            f"mean promises {_fmt(p['mean_promises'], 1)}",
+            f"- speedups over complete answers only: theoretical {_fmt(sp['theoretical_geomean_complete'])}x "
+            f"(promise-using: {_fmt(sp['theoretical_geomean_complete_promise'])}x), wall "
+            f"{_fmt(sp['wall_geomean_complete'])}x (n = {sp['n_complete']})",
+            f"- repetition rate (repeated word 4-grams): pasta {_fmt(answers['repetition']['pasta_mean'], 3)}, "
+            f"original {_fmt(answers['repetition'].get('original_mean'), 3)}",
+        ]
     lines += [
         "",
         "Definitions: wall speedup = decode wall time of `sequential` / of the system, per prompt; theoretical "
-        "speedup = tokens of the `sequential` answer / critical path of the system's answer; both aggregated by "
+        "speedup = (plain-text tokens of the system's answer + 1) / its critical path (tags are not counted); both "
+        "over complete answers only (EOS before the cap in the system and in `sequential`), aggregated by "
         "geometric mean, 95% percentile-bootstrap intervals over prompts. Win rate = mean judge preference for the "
         "system over the baseline (both presentation orders averaged; identical answers are ties). LC win rate = "
         "100 * sigmoid(theta_0) of the logistic fit P(win) = sigmoid(theta_0 + theta_1 * tanh(len_diff / sd)) "

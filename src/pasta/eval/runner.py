@@ -31,11 +31,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..jsonl import jsonl_lines
+from ..jsonl import jsonl_lines, open_append
 from typing import Any
 
 from ..decoding import DecodeLimits
 from ..sampling import SamplingParams
+from .answer_stats import aggregate, answer_stats, repetition_rate
 from .prompts import PromptItem, load_prompts
 
 log = logging.getLogger(__name__)
@@ -141,16 +142,20 @@ def generate_record(systems: Systems, system: str, item: PromptItem, config: Eva
     if system == "sot":
         res = skeleton_of_thought(interp, item.instruction, sampling=sampling, limits=config.limits,
                                   skeleton_tokens=config.sot_skeleton_tokens, max_points=config.sot_max_points)
+        plain = len(interp.tokenizer.encode(res.text, add_special_tokens=False)) if res.text else 0
+        stats = {"complete": not res.truncated, "finish_reason": "length" if res.truncated else "eos",
+                 "plain_tokens": plain, "repetition": round(repetition_rate(res.text), 4)}
         record.update(output=res.text, annotated=None, wall_s=res.wall_s, tokens=res.tokens, steps=res.steps,
                       critical_path=res.critical_path, threads=len(res.expansions), mode="sot",
-                      warnings=res.warnings, skeleton=res.skeleton, fallback=res.fallback)
+                      warnings=res.warnings, skeleton=res.skeleton, fallback=res.fallback, stats=stats)
         return record
     mode = "async" if system == "pasta" else "sequential"
     result = interp.generate(item.instruction, sampling=sampling, limits=config.limits, mode=mode)
     s = result.stats
     critical = s.critical_path if mode == "async" else s.tokens
     record.update(output=result.text, annotated=result.annotated, wall_s=s.wall_s, tokens=s.tokens, steps=s.steps,
-                  critical_path=critical, threads=s.threads, mode=mode, warnings=s.warnings)
+                  critical_path=critical, threads=s.threads, mode=mode, warnings=s.warnings,
+                  stats=answer_stats(result, interp.tokenizer).to_dict())
     return record
 
 
@@ -174,12 +179,7 @@ def read_jsonl(path: Path, key: Callable[[dict], Any]) -> dict[Any, dict]:
 
 class JsonlAppender:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A line cut short by a crash has no newline: start on a fresh line so the next record stays readable.
-        needs_newline = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-        self.f = path.open("a", encoding="utf-8")
-        if needs_newline:
-            self.f.write("\n")
+        self.f = open_append(path)  # a line cut short by a crash is followed by a fresh one
 
     def write(self, row: dict) -> None:
         self.f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -296,7 +296,14 @@ def per_prompt_rows(config: EvalConfig, items: list[PromptItem], records: dict[s
                 continue
             r = ref.get(item.id)
             wall = (r["wall_s"] / rec["wall_s"]) if r and rec["wall_s"] > 0 and r["wall_s"] > 0 else None
-            theo = (r["tokens"] / rec["critical_path"]) if r and rec["critical_path"] > 0 else None
+            stats = rec.get("stats") or {}
+            # Plain-text tokens (tags excluded, + EOS) a plain sequential decoder needs, over this system's critical
+            # path; records written before answer statistics existed fall back to the reference's sampled tokens.
+            plain = stats.get("plain_tokens")
+            work = plain + 1 if plain is not None else (r["tokens"] if r else None)
+            theo = (work / rec["critical_path"]) if work and rec["critical_path"] > 0 else None
+            ref_stats = (r or {}).get("stats") or {}
+            complete = None if "complete" not in stats else bool(stats["complete"]) and ref_stats.get("complete", True)
             pref = None
             if system == config.baseline:
                 pref = 0.5
@@ -308,12 +315,33 @@ def per_prompt_rows(config: EvalConfig, items: list[PromptItem], records: dict[s
                 "wall_s": rec["wall_s"], "tokens": rec["tokens"], "steps": rec["steps"],
                 "critical_path": rec["critical_path"], "threads": rec["threads"],
                 "wall_speedup": wall, "theoretical_speedup": theo, "preference": pref,
-                "length_chars": len(rec["output"]),
+                "length_chars": len(rec["output"]), "complete": complete, "stats": stats or None,
             })
     return rows
 
 
-def summarize(config: EvalConfig, rows: list[dict], judge_name: str | None, notes: Iterable[str] = ()) -> dict:
+def _answer_aggregate(rows: list[dict]) -> dict | None:
+    """The `pasta` system's answer statistics (pasta.eval.answer_stats.aggregate), with the sequential and
+    original records of the same prompts."""
+    by_system: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_system.setdefault(r["system"], {})[r["id"]] = r
+    pasta = {k: r for k, r in by_system.get("pasta", {}).items() if r.get("stats") and "promises" in r["stats"]}
+    if not pasta:
+        return None
+    joined = []
+    for key, r in pasta.items():
+        seq, orig = by_system.get("sequential", {}).get(key), by_system.get("original", {}).get(key)
+        row = {"id": key, "pasta": r["stats"], "wall_speedup": r["wall_speedup"], "wall_async_s": r["wall_s"],
+               "sequential_complete": (seq.get("stats") or {}).get("complete") if seq else None}
+        if orig and orig.get("stats"):
+            row["original"] = {**orig["stats"], "wall_s": orig["wall_s"]}
+        joined.append(row)
+    return aggregate(joined)
+
+
+def summarize(config: EvalConfig, rows: list[dict], judge_name: str | None, notes: Iterable[str] = (),
+              sanity: dict | None = None) -> dict:
     from .stats import bootstrap_geomean_ci, geomean, length_controlled_win_rate, win_rate
 
     baseline_len = {r["id"]: r["length_chars"] for r in rows if r["system"] == config.baseline}
@@ -321,8 +349,14 @@ def summarize(config: EvalConfig, rows: list[dict], judge_name: str | None, note
     for system in config.systems:
         mine = [r for r in rows if r["system"] == system]
         s: dict[str, Any] = {"n_prompts": len(mine)}
+        known = [r for r in mine if r.get("complete") is not None]
+        s["complete"] = sum(r["complete"] for r in known) / len(known) if known else None
+        # Speedups only over complete answers (here and in the sequential reference): a truncated or looping
+        # answer is a failure, never a speedup.
+        timed = [r for r in mine if r.get("complete") is not False]
+        s["n_speedup"] = len(timed)
         for name in ("wall_speedup", "theoretical_speedup"):
-            vals = [r[name] for r in mine if r[name] is not None and r[name] > 0 and math.isfinite(r[name])]
+            vals = [r[name] for r in timed if r[name] is not None and r[name] > 0 and math.isfinite(r[name])]
             s[f"{name}_geomean"] = geomean(vals) if vals else None
             s[f"{name}_ci95"] = list(bootstrap_geomean_ci(vals, resamples=config.bootstrap)) if vals else None
         if mine:
@@ -345,6 +379,8 @@ def summarize(config: EvalConfig, rows: list[dict], judge_name: str | None, note
         systems[system] = s
     return {
         "systems": systems,
+        "answers": _answer_aggregate(rows),
+        "judge_sanity": sanity,
         "baseline": config.baseline,
         "speed_reference": SPEED_REFERENCE,
         "judge": judge_name,
@@ -385,12 +421,31 @@ def run_eval(config: EvalConfig, *, systems: Systems | None = None, judge=None, 
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     write_model_outputs(out, systems, items, records)
-    summary = summarize(config, rows, judge_name, systems.notes)
+    sanity = run_judge_sanity(config, judge, items, records)
+    summary = summarize(config, rows, judge_name, systems.notes, sanity)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     from .report import write_report
 
     write_report(out, summary, rows, plots=config.plots, compare=compare)
     return summary
+
+
+def run_judge_sanity(config: EvalConfig, judge, items: list[PromptItem], records: dict[str, dict[str, dict]],
+                     n_prompts: int = 4) -> dict | None:
+    """Judge sanity pairs (pasta.eval.judge_sanity) on the baseline's answers to the first prompts; cached in
+    judge_sanity.json per judge, reused when no judge is given."""
+    from .judge_sanity import judge_sanity
+
+    path = Path(config.out) / "judge_sanity.json"
+    cached = json.loads(path.read_text()) if path.is_file() else None
+    if judge is None or (cached and cached.get("judge") == judge.name):
+        return cached
+    base = records.get(config.baseline, {})
+    cases = [(it.instruction, base[it.id]["output"]) for it in items if it.id in base][:n_prompts]
+    result = judge_sanity(judge, cases)
+    out = {**result.to_dict(), "verdict": result.verdict}
+    path.write_text(json.dumps(out, indent=2))
+    return out
 
 
 def config_dict(config: EvalConfig) -> dict:

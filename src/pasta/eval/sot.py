@@ -49,9 +49,12 @@ SKELETON_PREFILL = "1."
 _POINT_LINE = re.compile(r"^\s*(\d{1,2})\s*[.)]\s*(.+?)\s*$")
 
 
-def parse_points(skeleton: str, max_points: int = 10) -> list[tuple[int, str]]:
+def parse_points(skeleton: str, max_points: int = 10, *, dedupe: bool = True) -> list[tuple[int, str]]:
     """Numbered points of a skeleton, in order: ("1. Sleep well" -> (1, "Sleep well")). Numbering must count up
-    from 1 (a repeated or skipped number ends the list, as when the model starts a second list)."""
+    from 1 (a repeated or skipped number ends the list, as when the model starts a second list), and a point that
+    repeats an earlier one ends it too (a small model's skeleton loops: "1. X 2. X, Jr. 3. X, Jr. ...")."""
+    from .answer_stats import near_duplicate
+
     points: list[tuple[int, str]] = []
     for line in skeleton.splitlines():
         m = _POINT_LINE.match(line)
@@ -59,6 +62,8 @@ def parse_points(skeleton: str, max_points: int = 10) -> list[tuple[int, str]]:
             continue
         index, text = int(m.group(1)), m.group(2).strip()
         if index != len(points) + 1 or not text:
+            break
+        if dedupe and any(near_duplicate(text, earlier, threshold=0.6) for _, earlier in points):
             break
         points.append((index, text))
         if len(points) >= max_points:
@@ -78,6 +83,7 @@ class SoTResult:
     wall_s: float
     fallback: bool = False
     warnings: list[str] = field(default_factory=list)
+    truncated: bool = False  # a budget cut the answer (the request's, or a point's max_thread_tokens)
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:
@@ -191,6 +197,7 @@ def skeleton_of_thought(interp, question: str, *, sampling: SamplingParams | Non
             steps=sk.stats.steps + plain.stats.steps, tokens=sk.stats.tokens + plain.stats.tokens,
             critical_path=sk.stats.tokens + plain.stats.tokens, wall_s=sk.stats.wall_s + plain.stats.wall_s,
             fallback=True, warnings=[f"fallback to plain decoding: {why}"],
+            truncated=plain.stats.finish_reason == "length",
         )
     skeleton_text = "\n".join(f"{i}. {p}" for i, p in points)
     requests = []
@@ -202,10 +209,27 @@ def skeleton_of_thought(interp, question: str, *, sampling: SamplingParams | Non
         requests.append(ids + tok.encode(prefill, add_special_tokens=False))
     expansion = expand_points(interp, requests, sampling=sampling, max_tokens_each=limits.max_thread_tokens,
                               max_total=remaining)
-    expansions = [tok.decode(out, skip_special_tokens=True) for out in expansion.outputs]
+    expansions = [_one_point(tok.decode(out, skip_special_tokens=True)) for out in expansion.outputs]
     text = "\n".join(prefill + body.rstrip() for prefill, body in zip(prefills, expansions))
+    warnings = []
+    if len(points) < len(parse_points(skeleton, max_points, dedupe=False)):
+        warnings.append(f"the skeleton repeated a point after point {len(points)}: the rest was dropped")
+    cut = [i + 1 for i, n in enumerate(expansion.sampled) if n >= limits.max_thread_tokens]
+    if cut:
+        warnings.append(f"points {cut} reached max_thread_tokens")
+    truncated = bool(cut) or sk.stats.tokens + sum(expansion.sampled) >= limits.max_new_tokens
     return SoTResult(
         text=text, skeleton=skeleton, points=points, expansions=expansions,
         steps=sk.stats.steps + expansion.steps, tokens=sk.stats.tokens + sum(expansion.sampled),
         critical_path=sk.stats.tokens + max(expansion.sampled), wall_s=sk.stats.wall_s + expansion.wall_s,
+        warnings=warnings, truncated=truncated,
     )
+
+
+_NEXT_POINT = re.compile(r"\n\s*\d{1,2}\s*[.)]\s")
+
+
+def _one_point(expansion: str) -> str:
+    """An expansion that goes on to write the next points ("do not continue with other points!") is cut there."""
+    m = _NEXT_POINT.search(expansion)
+    return expansion[: m.start()] if m else expansion

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from ..decoding import DecodeLimits
+from ..jsonl import append_jsonl
 from ..sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -154,13 +155,6 @@ def _read_jsonl(path: Path) -> list[dict]:
             except json.JSONDecodeError:
                 continue  # a line cut short by an interruption: that prompt is redone
     return rows
-
-
-def _append(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
 
 
 # ---- adapters ----------------------------------------------------------------------------------------------------
@@ -317,7 +311,7 @@ class PrefTrainer:
             with ctx:
                 for ex in todo:
                     res = interp.generate(self.prompt_ids(ex.prompt), mode="sequential")
-                    _append(path, {"id": ex.id, "text": res.text})
+                    append_jsonl(path, {"id": ex.id, "text": res.text})
                     done[ex.id] = res.text
         _barrier(self.world)
         return {r["id"]: r["text"] for p in self.out.glob("reference.rank*.jsonl") for r in _read_jsonl(p)}
@@ -345,7 +339,7 @@ class PrefTrainer:
                 samples.append({"annotated": res.annotated, "text": res.text, "tokens": res.stats.tokens,
                                 "critical_path": res.stats.critical_path, "threads": res.stats.threads,
                                 "speedup": speedup, "quality": quality})
-            _append(path, {"id": ex.id, "prompt": ex.prompt, "samples": samples})
+            append_jsonl(path, {"id": ex.id, "prompt": ex.prompt, "samples": samples})
             log.info("round %d: sampled %s (%d/%d): speedups %s, quality %s", round_no, ex.id, k + 1, len(examples),
                      [round(s["speedup"], 2) for s in samples], [s["quality"] for s in samples])
         _barrier(self.world)

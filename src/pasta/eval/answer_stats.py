@@ -1,0 +1,194 @@
+"""What one answer's Pasta-Lang actually did: the per-answer statistics behind every speed figure.
+
+A speedup is only worth reporting over answers a user would accept, so each answer is described by:
+- `complete`: the main thread ended by EOS before the request's token cap (a capped, looping answer is not);
+- `promises`, `distinct_topics`, `repeated_topics` (promises whose topic repeats an earlier one, see `topic_key`);
+- `reaches_sync`: for answers with promises, every chunk finished and the main thread joined them (at a
+  `<sync/>`, or at EOS);
+- `duplicate_chunks`: chunks whose body is near-equal to an earlier chunk's (`near_duplicate`);
+- `repetition`: the fraction of repeated word 4-grams in the plain text (`repetition_rate`);
+- `guards`: the runtime guards that fired (`DecodeLimits`), `well_formed`: no tag was ignored, dropped or forced;
+- `plain_tokens` and `theoretical_speedup` = (plain tokens + 1) / forward steps: the steps a plain, sequential
+  decoder needs for the same text (one per token, plus EOS) over the steps we took. Tags are not counted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from difflib import SequenceMatcher
+
+from ..lang import Promise, Sync, parse, to_structure, topic_key
+
+__all__ = ["AnswerStats", "aggregate", "answer_stats", "repetition_rate", "near_duplicate"]
+
+_WORD_RE = re.compile(r"\w+(?:['\u2019]\w+)*")
+# Warnings that mean a tag the model wrote had no effect or was removed: the Pasta-Lang was not well formed.
+_MALFORMED = ("ignored", "dropped", "unusable tokens", "max_thread_tokens")
+
+
+def _words(text: str) -> list[str]:
+    return [w.casefold() for w in _WORD_RE.findall(text)]
+
+
+def repetition_rate(text: str, n: int = 4) -> float:
+    """Fraction of the word n-grams of `text` that already occurred earlier in it (0 = no repeats; a loop -> 1)."""
+    words = _words(text)
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1 - len(set(grams)) / len(grams)
+
+
+def near_duplicate(a: str, b: str, threshold: float = 0.8) -> bool:
+    """Two chunk bodies say nearly the same thing: word-level similarity ratio >= threshold (numbering ignored)."""
+    wa, wb = _words(a), _words(b)
+    wa = [w for w in wa if not w.isdigit()]
+    wb = [w for w in wb if not w.isdigit()]
+    if not wa or not wb:
+        return wa == wb
+    return SequenceMatcher(None, wa, wb, autojunk=False).ratio() >= threshold
+
+
+@dataclass
+class AnswerStats:
+    complete: bool
+    finish_reason: str
+    promises: int
+    distinct_topics: int
+    repeated_topics: int
+    reaches_sync: bool | None  # None: no promise
+    duplicate_chunks: int
+    repetition: float
+    guards: list[str] = field(default_factory=list)
+    well_formed: bool = True
+    plain_tokens: int = 0
+    steps: int = 0
+    theoretical_speedup: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def answer_stats(result, tokenizer) -> AnswerStats:
+    """Statistics of a `GenerationResult` (async or sequential decoding)."""
+    stats = result.stats
+    structure = parse(result.annotated)
+    promises = [e for e in structure if isinstance(e, Promise)]
+    keys = [topic_key(p.topic) for p in promises]
+    bodies = [chunk.body for chunk in to_structure(result.annotated).chunks]
+    duplicates = sum(any(near_duplicate(b, earlier) for earlier in bodies[:i]) for i, b in enumerate(bodies))
+    if promises:
+        # Every chunk finished (none cut by a budget), and the main thread joined them: at a <sync/>, or at EOS.
+        closed = all(t.close_reason in ("closed", "eos") for t in stats.timeline[1:])
+        synced = any(isinstance(e, Sync) for e in structure)
+        reaches_sync = closed and (synced or stats.finish_reason == "eos")
+    else:
+        reaches_sync = None
+    plain_tokens = len(tokenizer.encode(result.text, add_special_tokens=False)) if result.text else 0
+    guards = list(getattr(stats, "guards", []))
+    well_formed = not guards and not any(any(k in w for k in _MALFORMED) for w in stats.warnings)
+    return AnswerStats(
+        complete=stats.finish_reason == "eos",
+        finish_reason=stats.finish_reason,
+        promises=len(promises),
+        distinct_topics=len(set(keys)),
+        repeated_topics=len(keys) - len(set(keys)),
+        reaches_sync=reaches_sync,
+        duplicate_chunks=duplicates,
+        repetition=round(repetition_rate(result.text), 4),
+        guards=guards,
+        well_formed=well_formed,
+        plain_tokens=plain_tokens,
+        steps=stats.steps,
+        theoretical_speedup=(plain_tokens + 1) / max(1, stats.steps),
+    )
+
+
+
+def _share(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _geomean(values: list[float]) -> float | None:
+    from .stats import geomean
+
+    values = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    return geomean(values) if values else None
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """Aggregates over per-prompt rows: {"id", "pasta": AnswerStats dict, "sequential_complete": bool | None,
+    "wall_speedup": float | None, optional "original": {"complete", "repetition", "plain_tokens", "wall_s"},
+    "wall_async_s", "nll_pasta", "nll_original"}.
+
+    Speedups are geometric means over complete answers only (complete in both modes when the sequential decoding
+    was run); truncated answers are counted apart and never enter a speedup."""
+    n = len(rows)
+    if not n:
+        return {"prompts": 0}
+
+    def complete(row: dict) -> bool:
+        return bool(row["pasta"]["complete"]) and row.get("sequential_complete") is not False
+
+    promised = [r for r in rows if r["pasta"]["promises"] > 0]
+    done = [r for r in rows if complete(r)]
+    done_promised = [r for r in done if r["pasta"]["promises"] > 0]
+    promises = sum(r["pasta"]["promises"] for r in promised)
+    out: dict = {
+        "prompts": n,
+        "complete": _share(sum(bool(r["pasta"]["complete"]) for r in rows), n),
+        "complete_sequential": _share(sum(bool(r.get("sequential_complete")) for r in rows),
+                                      sum(r.get("sequential_complete") is not None for r in rows)),
+        "complete_both": _share(len(done), n),
+        "uses_promise": _share(len(promised), n),
+        "well_formed": _share(sum(bool(r["pasta"]["well_formed"]) for r in rows), n),
+        "guards_fired": _share(sum(bool(r["pasta"]["guards"]) for r in rows), n),
+        "promise_answers": {
+            "n": len(promised),
+            "complete": _share(sum(bool(r["pasta"]["complete"]) for r in promised), len(promised)),
+            "reaches_sync": _share(sum(bool(r["pasta"]["reaches_sync"]) for r in promised), len(promised)),
+            "repeated_topics_share": _share(sum(r["pasta"]["repeated_topics"] for r in promised), promises),
+            "duplicate_chunks_share": _share(sum(r["pasta"]["duplicate_chunks"] for r in promised), promises),
+            "guards_fired": _share(sum(bool(r["pasta"]["guards"]) for r in promised), len(promised)),
+            "mean_promises": _mean([r["pasta"]["promises"] for r in promised]),
+            "mean_distinct_topics": _mean([r["pasta"]["distinct_topics"] for r in promised]),
+        },
+        "speedup": {
+            "n_complete": len(done),
+            "n_complete_promise": len(done_promised),
+            "theoretical_geomean_complete": _geomean([r["pasta"]["theoretical_speedup"] for r in done]),
+            "theoretical_geomean_complete_promise": _geomean([r["pasta"]["theoretical_speedup"] for r in done_promised]),
+            "wall_geomean_complete": _geomean([r.get("wall_speedup") for r in done]),
+            "wall_geomean_complete_promise": _geomean([r.get("wall_speedup") for r in done_promised]),
+        },
+        "truncated": {
+            "n": sum(r["pasta"]["finish_reason"] == "length" for r in rows),
+            "ids": [r["id"] for r in rows if r["pasta"]["finish_reason"] == "length"],
+        },
+        "repetition": {"pasta_mean": _mean([r["pasta"]["repetition"] for r in rows])},
+        "mean_plain_tokens": {"pasta": _mean([r["pasta"]["plain_tokens"] for r in rows])},
+    }
+    originals = [r for r in rows if r.get("original")]
+    if originals:
+        out["complete_original"] = _share(sum(bool(r["original"]["complete"]) for r in originals), len(originals))
+        out["repetition"]["original_mean"] = _mean([r["original"]["repetition"] for r in originals])
+        out["mean_plain_tokens"]["original"] = _mean([r["original"]["plain_tokens"] for r in originals])
+        both = [r for r in originals if complete(r) and r["original"]["complete"] and r.get("wall_async_s")]
+        # The user's real alternative: the untrained model answering normally (its own answer, its own length).
+        out["vs_original"] = {
+            "n": len(both),
+            "wall_ratio_geomean": _geomean([r["original"]["wall_s"] / r["wall_async_s"] for r in both]),
+            "mean_wall_s_pasta": _mean([r["wall_async_s"] for r in both]),
+            "mean_wall_s_original": _mean([r["original"]["wall_s"] for r in both]),
+        }
+    nll = [r for r in rows if r.get("nll_pasta") is not None and r.get("nll_original") is not None]
+    if nll:
+        out["nll_under_original"] = {"n": len(nll), "pasta_mean": _mean([r["nll_pasta"] for r in nll]),
+                                     "original_mean": _mean([r["nll_original"] for r in nll])}
+    return out

@@ -1,0 +1,120 @@
+"""Per-answer statistics and their aggregation: the honest measurement behind every speedup figure."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from tiny import ByteTokenizer, tiny_model
+
+from pasta.decoding import DecodeLimits
+from pasta.eval.answer_stats import aggregate, answer_stats, near_duplicate, repetition_rate
+from pasta.interpreter import Interpreter
+
+TOK = ByteTokenizer()
+
+
+@pytest.fixture(scope="module")
+def interp():
+    return Interpreter(tiny_model("llama"), TOK)
+
+
+def test_repetition_rate_closed_forms():
+    assert repetition_rate("") == 0.0
+    assert repetition_rate("one two three four five six") == 0.0
+    # "a b c d" repeated 3 times: 12 words, 9 four-grams, 4 distinct -> 5/9 repeated.
+    assert repetition_rate("a b c d a b c d a b c d") == pytest.approx(5 / 9)
+    assert repetition_rate("A, b. C d! a B c D") == repetition_rate("a b c d a b c d")  # case and punctuation
+    assert repetition_rate("loop " * 200) > 0.98
+
+
+def test_near_duplicate():
+    assert near_duplicate("1. Billy Crystal: he started on Broadway.", "3. Billy Crystal: he started on Broadway!")
+    assert not near_duplicate("Sleep eight hours every night.", "Eat vegetables at every meal.")
+    assert near_duplicate("", "")
+
+
+def test_stats_of_a_good_answer(interp):
+    teacher = ('Tips:\n<promise topic="Sleep" tokens="10"/><async>Sleep eight hours.</async>\n'
+               '<promise topic="Food" tokens="10"/><async>Eat vegetables daily.</async>\n<sync/>Done.')
+    result = interp.generate(interp.prompt_ids("q"), teacher=teacher)
+    s = answer_stats(result, TOK)
+    assert s.complete and s.finish_reason == "eos" and s.well_formed
+    assert (s.promises, s.distinct_topics, s.repeated_topics, s.duplicate_chunks) == (2, 2, 0, 0)
+    assert s.reaches_sync is True
+    assert s.plain_tokens == len(result.text.encode())  # byte tokenizer: one token per byte, tags excluded
+    assert s.theoretical_speedup == pytest.approx((s.plain_tokens + 1) / result.stats.steps)
+    assert s.theoretical_speedup < result.stats.tokens / result.stats.steps  # tags no longer count as speed
+
+
+def test_stats_of_a_looping_answer(interp):
+    body = "<async>Billy Crystal: he started his career on Broadway.</async>\n"
+    teacher = "Actors:\n" + ('<promise topic="Billy Crystal" tokens="20"/>' + body) * 3
+    result = interp.generate(interp.prompt_ids("q"), teacher=teacher)
+    s = answer_stats(result, TOK)
+    assert (s.promises, s.distinct_topics, s.repeated_topics, s.duplicate_chunks) == (3, 1, 2, 2)
+    assert s.reaches_sync is True  # no <sync/>, but EOS with every chunk closed: an implicit sync at the end
+    plain = interp.generate(interp.prompt_ids("q"), teacher="No tags here.")
+    assert answer_stats(plain, TOK).reaches_sync is None
+
+
+def test_a_truncated_answer_is_not_complete(interp):
+    teacher = 'Intro <promise topic="a" tokens="10"/><async>' + "x" * 60 + "</async><sync/>end"
+    limits = DecodeLimits(max_new_tokens=60)
+    result = interp.generate(interp.prompt_ids("q"), teacher=teacher, limits=limits)
+    s = answer_stats(result, TOK)
+    assert not s.complete and s.finish_reason == "length"
+    assert s.reaches_sync is False  # the main thread waits at <sync/>, but the chunk was cut by the budget
+
+
+def _row(i, complete=True, promises=2, theo=2.0, wall=1.5, seq_complete=True, guards=(), repeated=0,
+         synced=True, original=None):
+    return {
+        "id": f"p{i}",
+        "pasta": {"complete": complete, "finish_reason": "eos" if complete else "length", "promises": promises,
+                  "distinct_topics": promises - repeated, "repeated_topics": repeated,
+                  "reaches_sync": synced if promises else None, "duplicate_chunks": 0, "repetition": 0.1,
+                  "guards": list(guards), "well_formed": not guards, "plain_tokens": 100, "steps": 50,
+                  "theoretical_speedup": theo},
+        "sequential_complete": seq_complete, "wall_speedup": wall, "wall_async_s": 2.0,
+        **({"original": original} if original else {}),
+    }
+
+
+def test_aggregate_counts_only_complete_answers_as_speedups():
+    rows = [
+        _row(0, theo=2.0, wall=1.8),
+        _row(1, theo=8.0, wall=6.0),
+        _row(2, promises=0, theo=1.0, wall=1.0),
+        _row(3, complete=False, theo=9.0, wall=9.0, synced=False),  # a runaway answer: never a speedup
+        _row(4, seq_complete=False, theo=9.0, wall=9.0),  # truncated when decoded sequentially
+        _row(5, promises=4, repeated=2, guards=["repeated_topic: x"], theo=2.0, wall=2.0),
+    ]
+    out = aggregate(rows)
+    assert out["prompts"] == 6
+    assert out["complete"] == pytest.approx(5 / 6) and out["complete_both"] == pytest.approx(4 / 6)
+    assert out["uses_promise"] == pytest.approx(5 / 6)
+    sp = out["speedup"]
+    assert sp["n_complete"] == 4 and sp["n_complete_promise"] == 3
+    assert sp["theoretical_geomean_complete_promise"] == pytest.approx((2 * 8 * 2) ** (1 / 3))
+    assert sp["theoretical_geomean_complete"] == pytest.approx((2 * 8 * 1 * 2) ** (1 / 4))
+    assert sp["wall_geomean_complete"] == pytest.approx((1.8 * 6 * 1 * 2) ** (1 / 4))
+    p = out["promise_answers"]
+    assert p["n"] == 5 and p["reaches_sync"] == pytest.approx(4 / 5)
+    assert p["repeated_topics_share"] == pytest.approx(2 / 12)
+    assert p["guards_fired"] == pytest.approx(1 / 5)
+    assert out["truncated"] == {"n": 1, "ids": ["p3"]}
+    assert out["well_formed"] == pytest.approx(5 / 6)
+
+
+def test_aggregate_with_the_original_model():
+    original = {"complete": True, "wall_s": 4.0, "plain_tokens": 120, "repetition": 0.2}
+    rows = [_row(0, original=original), _row(1, original={**original, "complete": False})]
+    rows[0]["nll_pasta"], rows[0]["nll_original"] = 1.5, 1.0
+    out = aggregate(rows)
+    assert out["complete_original"] == 0.5
+    assert out["vs_original"]["n"] == 1 and out["vs_original"]["wall_ratio_geomean"] == pytest.approx(2.0)
+    assert out["repetition"] == {"pasta_mean": 0.1, "original_mean": 0.2}
+    assert out["nll_under_original"] == {"n": 1, "pasta_mean": 1.5, "original_mean": 1.0}
+    assert math.isclose(out["mean_plain_tokens"]["original"], 120)
+    assert aggregate([]) == {"prompts": 0}

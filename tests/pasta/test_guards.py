@@ -1,0 +1,138 @@
+"""Runtime guards (DecodeLimits): a model that loops on promises still gives a clean, finished answer.
+
+The "model" here is a script per thread, driven through the model-free `Decoding` state machine (as the engine
+drives it), so each test states exactly what the model wrote and checks what the user gets."""
+
+from __future__ import annotations
+
+import pytest
+from tiny import ByteTokenizer, tiny_model
+
+from pasta.decoding import DecodeLimits, Decoding
+from pasta.interpreter import Interpreter
+from pasta.lang import is_valid, strip_tags
+
+TOK = ByteTokenizer()
+EOS = TOK.eos_token_id
+
+
+def _enc(text: str) -> list[int]:
+    return TOK.encode(text, add_special_tokens=False)
+
+
+def drive(main: str, chunks: list[str], limits: DecodeLimits | None = None, mode: str = "async") -> Decoding:
+    """Decode with a scripted model: the main thread writes `main`, the k-th chunk writes `chunks[k]` (after its
+    forced <async>); then EOS. A row a guard overrides does not consume the script (the model's sample is
+    discarded; the script continues where the model would)."""
+    decoding = Decoding(_enc("q"), TOK, eos_ids={EOS}, limits=limits or DecodeLimits(), mode=mode)
+    scripts = {0: _enc(main)}
+    used: dict[int, int] = {}
+    while not decoding.done:
+        decoding.next_inputs()
+        tokens = []
+        for index in decoding.sampler_threads:
+            thread = decoding.threads[index]
+            if thread.inject:
+                tokens.append(0)  # replaced by the guard's token
+                continue
+            script = scripts.setdefault(index, _enc(chunks[index - 1]) if index - 1 < len(chunks) else [])
+            k = used.get(index, 0)
+            used[index] = k + 1
+            tokens.append(script[k] if k < len(script) else EOS)
+        decoding.advance(tokens)
+    return decoding
+
+
+def _promise(topic: str) -> str:
+    return f'<promise topic="{topic}" tokens="5"/>'
+
+
+def test_no_guard_fires_on_a_well_behaved_answer():
+    main = "Tips:\n" + _promise("sleep") + "\n" + _promise("food") + "\n<sync/>Done."
+    decoding = drive(main, ["Sleep.</async>", "Eat.</async>"])
+    _, text = decoding.stitch()
+    assert decoding.guards == []
+    assert text == "Tips:\nSleep.\nEat.\nDone."
+    assert decoding.finish_reason == "eos"
+
+
+def test_a_repeated_topic_is_refused_and_the_main_thread_syncs():
+    # The model repeats its first topic; after the forced sync it writes a conclusion and stops.
+    main = "Tips:\n" + _promise("Sleep well") + "\n" + _promise("sleep  WELL!") + "Done."
+    decoding = drive(main, ["Sleep.</async>", "never forked</async>"])
+    annotated, text = decoding.stitch()
+    assert len(decoding.threads) == 2  # the repeated promise forked no chunk
+    assert len(decoding.guards) == 1 and decoding.guards[0].startswith("repeated_topic")
+    assert "forced <sync/>" in decoding.guards[0]
+    assert text == "Tips:\nSleep.\nDone."  # no trace of the refused promise
+    assert annotated == "Tips:\n" + _promise("Sleep well") + "<async>Sleep.</async>\n<sync/>Done."
+    assert is_valid(annotated) and strip_tags(annotated) == text
+    assert decoding.finish_reason == "eos"
+
+
+def test_a_loop_of_repeated_promises_ends_cleanly():
+    # A model stuck on one topic (the failure seen in the first default model): refused twice in a row -> the main
+    # thread ends; the answer is finished and valid, long before the token cap.
+    main = "Actors:\n" + (_promise("Billy Crystal") + "\n") * 30
+    decoding = drive(main, ["Billy Crystal: an actor.</async>"] * 30, DecodeLimits(max_new_tokens=4000))
+    annotated, text = decoding.stitch()
+    assert len(decoding.threads) == 2
+    assert len(decoding.guards) == 2 and decoding.guards[-1].endswith("main thread ended")
+    assert decoding.finish_reason == "guard"
+    assert text == "Actors:\nBilly Crystal: an actor.\n\n"  # the newlines the model wrote after each promise
+    assert is_valid(annotated)
+    assert decoding.sampled < 200
+
+
+def test_cap_on_promises_per_request():
+    topics = [f"t{i}" for i in range(6)]
+    main = "".join(_promise(t) + "<sync/>" for t in topics) + "End."
+    decoding = drive(main, [f"{i}</async>" for i in range(6)], DecodeLimits(max_promises=3))
+    _, text = decoding.stitch()
+    assert len(decoding.threads) == 4  # three chunks, then refusals
+    assert decoding.guards[0].startswith("max_promises:")
+    assert text.startswith("012")
+    assert decoding.finish_reason == "guard"  # it kept promising: refused twice -> ended
+
+
+def test_too_many_promises_without_a_sync():
+    main = "".join(_promise(f"t{i}") for i in range(5)) + "Conclusion."
+    decoding = drive(main, [f"{i}</async>" for i in range(5)], DecodeLimits(max_promises_per_sync=3))
+    annotated, text = decoding.stitch()
+    # The 4th promise was refused and replaced by <sync/>; the model's 5th promise then counts from zero.
+    assert [t.trace.topic for t in decoding.threads[1:]] == ["t0", "t1", "t2", "t4"]
+    assert len(decoding.guards) == 1 and decoding.guards[0].startswith("max_promises_per_sync")
+    assert annotated.count("<sync/>") == 1
+    assert text == "0123Conclusion." and decoding.finish_reason == "eos"  # chunk scripts go by fork order
+    assert is_valid(annotated)
+
+
+def test_guards_can_be_relaxed_and_sequential_mode_agrees():
+    main = _promise("a") + _promise("a") + "<sync/>x"
+    relaxed = drive(main, ["1</async>", "2</async>"], DecodeLimits(refuse_repeated_topics=False))
+    assert relaxed.guards == [] and len(relaxed.threads) == 3
+    guarded = drive(main, ["1</async>", "2</async>"])
+    sequential = drive(main, ["1</async>", "2</async>"], mode="sequential")
+    assert guarded.stitch() == sequential.stitch()
+    assert guarded.guards == sequential.guards
+
+
+def test_teacher_forcing_is_never_guarded():
+    interp = Interpreter(tiny_model("llama"), TOK)
+    teacher = _promise("a") + "<async>1</async>" + _promise("a") + "<async>2</async><sync/>x"
+    result = interp.generate(interp.prompt_ids("p"), teacher=teacher)
+    assert result.annotated == teacher
+    assert result.stats.guards == []
+
+
+def test_guards_are_counted_in_the_run_stats():
+    interp = Interpreter(tiny_model("llama"), TOK, limits=DecodeLimits(max_new_tokens=30))
+    result = interp.generate(interp.prompt_ids("p"))
+    assert result.stats.guards == [] and result.stats.finish_reason in ("eos", "length")
+
+
+def test_guard_limits_are_validated():
+    with pytest.raises(ValueError, match="max_promises"):
+        DecodeLimits(max_promises=0)
+    with pytest.raises(ValueError, match="max_promises_per_sync"):
+        DecodeLimits(max_promises_per_sync=True)
