@@ -12,7 +12,8 @@ Rules (from the paper, Figure 1, made precise):
 - The main thread sees no async body before `<sync/>`. The token that completes `<sync/>` and every later main
   token see all chunks forked before that sync (their visibility is the union of the joined threads').
 - Positions: the main thread counts up. A promise reserves `reserve_factor * tokens` position ids (default
-  `default_tokens` when the attribute is missing, clamped to [1, max_reserve]) for its chunk, which starts
+  `default_tokens` when the attribute is missing, clamped to [1, max_reserve]; or `fixed_reserve` for every
+  chunk when set) for its chunk, which starts
   right after the promise tag; the main thread continues after the reserved range. A chunk longer than its
   reservation simply runs on (its positions then overlap later main positions). The token that completes a
   sync continues at max(next main position, one past the last position of any joined chunk).
@@ -33,6 +34,7 @@ class LayoutConfig:
     reserve_factor: float = 2.0
     default_tokens: int = 64
     max_reserve: int = 4096
+    fixed_reserve: int | None = None  # reserve this many positions for every chunk, whatever its `tokens` says
 
     def __post_init__(self) -> None:
         if not (self.reserve_factor > 0 and math.isfinite(self.reserve_factor)):
@@ -41,8 +43,12 @@ class LayoutConfig:
             raise ValueError(f"default_tokens must be >= 1, got {self.default_tokens}")
         if self.max_reserve < 1:
             raise ValueError(f"max_reserve must be >= 1, got {self.max_reserve}")
+        if self.fixed_reserve is not None and self.fixed_reserve < 1:
+            raise ValueError(f"fixed_reserve must be >= 1, got {self.fixed_reserve}")
 
     def reservation(self, tokens: int | None) -> int:
+        if self.fixed_reserve is not None:
+            return min(self.max_reserve, self.fixed_reserve)
         predicted = self.default_tokens if tokens is None else tokens
         return int(min(self.max_reserve, max(1, round(self.reserve_factor * predicted))))
 

@@ -111,3 +111,14 @@ def test_reservation_examples():
     assert config.reservation(30) == 60 and config.reservation(None) == 128
     with pytest.raises(ValueError):
         Layout(0)
+
+
+def test_fixed_reservation_ignores_the_tokens_attribute():
+    from pasta.layout import LayoutConfig
+
+    config = LayoutConfig(fixed_reserve=24, max_reserve=100)
+    assert [config.reservation(t) for t in (None, 1, 10, 5000)] == [24, 24, 24, 24]
+    assert LayoutConfig(fixed_reserve=500, max_reserve=100).reservation(3) == 100
+    assert LayoutConfig(reserve_factor=10.0).reservation(12) == 120
+    with pytest.raises(ValueError, match="fixed_reserve"):
+        LayoutConfig(fixed_reserve=0)

@@ -49,6 +49,7 @@ class SFTConfig:
     resume: bool = False
     reserve_factor: float = 2.0
     default_tokens: int = 64
+    fixed_reserve: int | None = None
     torch_threads: int | None = None
     extra: dict = field(default_factory=dict)
 
@@ -69,7 +70,8 @@ class SFTConfig:
 
     @property
     def layout(self) -> LayoutConfig:
-        return LayoutConfig(reserve_factor=self.reserve_factor, default_tokens=self.default_tokens)
+        return LayoutConfig(reserve_factor=self.reserve_factor, default_tokens=self.default_tokens,
+                            fixed_reserve=self.fixed_reserve)
 
 
 def read_rows(paths: list[str]) -> list[dict]:
