@@ -45,7 +45,8 @@ class DecodeLimits:
     since the last `<sync/>`. A refused promise forks no chunk and is dropped from the answer, and the main thread
     is made to write `<sync/>` next (so it sees every chunk and can conclude). A second refusal with no accepted
     promise in between ends the main thread (the answer finishes once its chunks are done). Every firing is
-    recorded in `RunStats.guards`. Teacher forcing is never guarded.
+    recorded in `RunStats.guards`. A `<sync/>` with nothing outstanding right after another one (nothing written
+    in between: a loop of syncs) ends the main thread too. Teacher forcing is never guarded.
     """
 
     max_new_tokens: int = 1024  # sampled tokens of the whole request, all threads together
@@ -142,6 +143,7 @@ class Decoding:
         self._promises = 0
         self._since_sync = 0
         self._refused_in_a_row = 0
+        self._main_idle_sync = False  # the main thread's last tag was a <sync/>, with no text since
 
     # -- stepping -------------------------------------------------------------------------------------------
     def next_inputs(self) -> StepInputs:
@@ -296,6 +298,8 @@ class Decoding:
     def _on_event(self, thread: _Thread, event, token: int) -> None:
         thread.events.append(event)
         if isinstance(event, Text):
+            if thread.kind == "main" and event.text.strip():
+                self._main_idle_sync = False
             return
         if thread.kind == "main":
             if isinstance(event, Promise):
@@ -308,6 +312,14 @@ class Decoding:
                 self._main_markers.append(("fork", thread.trace.sampled, len(self.threads) + len(thread.forks) - 1))
                 return
             if isinstance(event, Sync):
+                idle = not self.layout.outstanding and not thread.forks
+                if idle and self._main_idle_sync and not self._teacher:
+                    # <sync/> again with nothing to wait for and nothing written since: a loop, not an answer.
+                    thread.events[-1] = _Refused(event.raw)
+                    self.guards.append("idle_sync: <sync/> repeated with nothing outstanding; main thread ended")
+                    self._end_thread(thread, "guard")
+                    return
+                self._main_idle_sync = True
                 thread.state = "waiting"
                 self._since_sync = 0
                 self._main_markers.append(("sync", thread.trace.sampled, 0))
@@ -343,6 +355,7 @@ class Decoding:
         self._promises += 1
         self._since_sync += 1
         self._refused_in_a_row = 0
+        self._main_idle_sync = False
 
     def _refuse(self, thread: _Thread, promise: Promise, reason: str) -> None:
         """No chunk for this promise: its tag leaves the answer, and the main thread syncs (or, refused twice in a

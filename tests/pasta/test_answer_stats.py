@@ -58,6 +58,32 @@ def test_stats_of_a_looping_answer(interp):
     assert answer_stats(plain, TOK).reaches_sync is None
 
 
+def test_refused_promises_count_as_written():
+    from pasta.decoding import DecodeLimits, Decoding
+    from pasta.interpreter import GenerationResult, build_stats
+
+    script = TOK.encode('A<promise topic="x" tokens="5"/><promise topic="x" tokens="5"/>Done.', add_special_tokens=False)
+    decoding = Decoding(TOK.encode("q"), TOK, eos_ids={TOK.eos_token_id}, limits=DecodeLimits())
+    used = {}
+    while not decoding.done:  # a scripted model: the main thread writes `script`, the chunk "b</async>"
+        decoding.next_inputs()
+        tokens = []
+        for i in decoding.sampler_threads:
+            thread = decoding.threads[i]
+            if thread.inject:
+                tokens.append(0)
+                continue
+            mine = script if i == 0 else TOK.encode("b</async>", add_special_tokens=False)
+            k = used[i] = used.get(i, -1) + 1
+            tokens.append(mine[k] if k < len(mine) else TOK.eos_token_id)
+        decoding.advance(tokens)
+    annotated, text = decoding.stitch()
+    result = GenerationResult(text=text, annotated=annotated, stats=build_stats(decoding, 0.0, 0))
+    s = answer_stats(result, TOK)
+    assert (s.promises, s.refused_promises, s.repeated_topics, s.distinct_topics) == (1, 1, 1, 1)
+    assert not s.well_formed and s.complete
+
+
 def test_a_truncated_answer_is_not_complete(interp):
     teacher = 'Intro <promise topic="a" tokens="10"/><async>' + "x" * 60 + "</async><sync/>end"
     limits = DecodeLimits(max_new_tokens=60)
@@ -72,7 +98,7 @@ def _row(i, complete=True, promises=2, theo=2.0, wall=1.5, seq_complete=True, gu
     return {
         "id": f"p{i}",
         "pasta": {"complete": complete, "finish_reason": "eos" if complete else "length", "promises": promises,
-                  "distinct_topics": promises - repeated, "repeated_topics": repeated,
+                  "refused_promises": len(guards), "distinct_topics": promises - repeated, "repeated_topics": repeated,
                   "reaches_sync": synced if promises else None, "duplicate_chunks": 0, "repetition": 0.1,
                   "guards": list(guards), "well_formed": not guards, "plain_tokens": 100, "steps": 50,
                   "theoretical_speedup": theo},
@@ -101,7 +127,7 @@ def test_aggregate_counts_only_complete_answers_as_speedups():
     assert sp["wall_geomean_complete"] == pytest.approx((1.8 * 6 * 1 * 2) ** (1 / 4))
     p = out["promise_answers"]
     assert p["n"] == 5 and p["reaches_sync"] == pytest.approx(4 / 5)
-    assert p["repeated_topics_share"] == pytest.approx(2 / 12)
+    assert p["repeated_topics_share"] == pytest.approx(2 / 13)  # the refused promise counts as written
     assert p["guards_fired"] == pytest.approx(1 / 5)
     assert out["truncated"] == {"n": 1, "ids": ["p3"]}
     assert out["well_formed"] == pytest.approx(5 / 6)

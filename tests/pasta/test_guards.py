@@ -84,6 +84,19 @@ def test_a_loop_of_repeated_promises_ends_cleanly():
     assert decoding.sampled < 200
 
 
+def test_a_loop_of_syncs_ends_the_answer():
+    # After its chunks, the first default model wrote <sync/> over and over until the token cap.
+    main = "Tips:\n" + _promise("a") + "\n<sync/>\n\n<sync/>\n\n" * 50
+    decoding = drive(main, ["Sleep.</async>"], DecodeLimits(max_new_tokens=2000))
+    annotated, text = decoding.stitch()
+    assert decoding.finish_reason == "guard" and decoding.guards[0].startswith("idle_sync")
+    assert annotated == "Tips:\n" + _promise("a") + "<async>Sleep.</async>\n<sync/>\n\n"
+    assert text == "Tips:\nSleep.\n\n\n"
+    # One redundant sync after text is harmless (a no-op, as before), and a sync after a new promise is no loop.
+    fine = drive("A<sync/>B<sync/>" + _promise("b") + "<sync/>C<sync/>D", ["x</async>"])
+    assert fine.guards == [] and fine.stitch()[1] == "ABxCD"
+
+
 def test_cap_on_promises_per_request():
     topics = [f"t{i}" for i in range(6)]
     main = "".join(_promise(t) + "<sync/>" for t in topics) + "End."

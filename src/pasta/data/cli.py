@@ -117,6 +117,8 @@ def add_distill_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--kept", type=Path, default=None, help="also write the kept answers to this JSONL")
     p.add_argument("--limit", type=int, default=None, help="answer at most this many distinct prompts")
     p.add_argument("--shuffle-seed", type=int, default=None, help="shuffle the source's prompts before --limit")
+    p.add_argument("--instructions-only", action="store_true",
+                   help="only short, self-contained one-line questions and instructions (no code, no earlier turn)")
     p.add_argument("--list-share", type=float, default=None,
                    help="with --limit: this share of the prompts is list-like (tips, examples, reasons, ...)")
     p.add_argument("--model", default=None, help="base model (default: the embedded SmolLM2)")
@@ -134,7 +136,7 @@ def add_distill_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 def run_distill(args: argparse.Namespace) -> int:
     import random
 
-    from pasta.data.distill import DistillConfig, distill, mix_prompts, select_prompts, write_kept
+    from pasta.data.distill import DistillConfig, distill, instruction_like, mix_prompts, select_prompts, write_kept
     from pasta.data.sources import SourceStats, load_examples
 
     if args.limit is not None and args.limit < 0:
@@ -148,6 +150,8 @@ def run_distill(args: argparse.Namespace) -> int:
                            max_batch=args.max_batch, dtype=args.dtype, max_repetition=args.max_repetition)
     stats_src = SourceStats()
     examples = list(select_prompts(load_examples(args.source, stats=stats_src)))
+    if args.instructions_only:
+        examples = [e for e in examples if instruction_like(e.prompt)]
     if args.shuffle_seed is not None:
         random.Random(args.shuffle_seed).shuffle(examples)
     if args.limit is not None:

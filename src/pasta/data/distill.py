@@ -28,7 +28,7 @@ from ..eval.answer_stats import repetition_rate
 from ..jsonl import append_jsonl, jsonl_lines
 from .sources import Example
 
-__all__ = ["DistillConfig", "DistillStats", "distill", "kept_rows", "list_like", "mix_prompts", "select_prompts", "write_kept"]
+__all__ = ["DistillConfig", "DistillStats", "distill", "kept_rows", "instruction_like", "list_like", "mix_prompts", "select_prompts", "write_kept"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,22 @@ _LIST_LIKE_RE = re.compile(
     re.IGNORECASE,
 )
 _CODE_RE = re.compile(r"```|\b(?:code|function|script|python|javascript|java|sql|html|css|error)\b", re.IGNORECASE)
+
+
+_INSTRUCTION_RE = re.compile(
+    r"^(?:what|how|why|which|who|where|when|can you|could you|give|list|name|suggest|recommend|write|describe|"
+    r"explain|tell me|share|provide|create|generate|compare|summari[sz]e)\b", re.IGNORECASE)
+_TECH_RE = re.compile(r"```|\b(?:code|function|script|python|javascript|java|sql|html|css|error|api|regex|excel|"
+                      r"c\+\+|react|typescript|json)\b", re.IGNORECASE)
+
+
+def instruction_like(prompt: str, max_words: int = 40) -> bool:
+    """A short, self-contained, one-line question or instruction a small model can answer (no code, no context
+    from an earlier turn). Most ShareGPT first turns are long, technical or refer to a conversation elsewhere,
+    and a 135M model answers them with loops."""
+    prompt = prompt.strip()
+    return (len(prompt.split()) <= max_words and "\n" not in prompt and bool(_INSTRUCTION_RE.match(prompt))
+            and not _TECH_RE.search(prompt))
 
 
 def list_like(example: Example) -> bool:

@@ -2,7 +2,9 @@
 
 A speedup is only worth reporting over answers a user would accept, so each answer is described by:
 - `complete`: the main thread ended by EOS before the request's token cap (a capped, looping answer is not);
-- `promises`, `distinct_topics`, `repeated_topics` (promises whose topic repeats an earlier one, see `topic_key`);
+- `promises` (forked chunks), `refused_promises` (refused by a runtime guard: gone from the answer, but written by
+  the model), `distinct_topics`, `repeated_topics` (promises, refused ones included, whose topic repeats an
+  earlier one, see `lang.topic_key`);
 - `reaches_sync`: for answers with promises, every chunk finished and the main thread joined them (at a
   `<sync/>`, or at EOS);
 - `duplicate_chunks`: chunks whose body is near-equal to an earlier chunk's (`near_duplicate`);
@@ -55,7 +57,8 @@ def near_duplicate(a: str, b: str, threshold: float = 0.8) -> bool:
 class AnswerStats:
     complete: bool
     finish_reason: str
-    promises: int
+    promises: int  # forked chunks
+    refused_promises: int  # promises a runtime guard refused (not in the answer)
     distinct_topics: int
     repeated_topics: int
     reaches_sync: bool | None  # None: no promise
@@ -88,13 +91,17 @@ def answer_stats(result, tokenizer) -> AnswerStats:
         reaches_sync = None
     plain_tokens = len(tokenizer.encode(result.text, add_special_tokens=False)) if result.text else 0
     guards = list(getattr(stats, "guards", []))
+    # A refused promise is gone from the answer, but it is what the model wrote: it counts.
+    refused = len(guards) if guards else 0
+    refused_repeats = sum(g.startswith("repeated_topic") for g in guards)
     well_formed = not guards and not any(any(k in w for k in _MALFORMED) for w in stats.warnings)
     return AnswerStats(
         complete=stats.finish_reason == "eos",
         finish_reason=stats.finish_reason,
         promises=len(promises),
+        refused_promises=refused,
         distinct_topics=len(set(keys)),
-        repeated_topics=len(keys) - len(set(keys)),
+        repeated_topics=len(keys) - len(set(keys)) + refused_repeats,
         reaches_sync=reaches_sync,
         duplicate_chunks=duplicates,
         repetition=round(repetition_rate(result.text), 4),
@@ -139,7 +146,8 @@ def aggregate(rows: list[dict]) -> dict:
     promised = [r for r in rows if r["pasta"]["promises"] > 0]
     done = [r for r in rows if complete(r)]
     done_promised = [r for r in done if r["pasta"]["promises"] > 0]
-    promises = sum(r["pasta"]["promises"] for r in promised)
+    # Every promise the model wrote, refused ones included (older rows have no refused_promises: 0).
+    promises = sum(r["pasta"]["promises"] + r["pasta"].get("refused_promises", 0) for r in promised)
     out: dict = {
         "prompts": n,
         "complete": _share(sum(bool(r["pasta"]["complete"]) for r in rows), n),
