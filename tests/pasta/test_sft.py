@@ -82,3 +82,22 @@ def test_resume_equals_uninterrupted(setup):
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
     untouched = load_file(str(root / "part" / "checkpoints" / "checkpoint-3" / "adapter_model.safetensors"))
     assert any(not torch.allclose(untouched[k], b[k]) for k in b)  # the resumed run really trained further
+
+
+def test_plain_examples_can_come_from_their_own_files(setup, tmp_path):
+    from transformers import AutoTokenizer
+
+    from pasta.train.sft import build_examples
+
+    root, model_dir, data = setup
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps({"prompt": f"q{i}", "annotated": f"own answer {i}"}) + "\n" for i in range(5)))
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    config = _config(root, model_dir, data, "mix", plain_data=[str(plain)], annotated_fraction=0.6, max_examples=10)
+    examples, stats = build_examples(config, tok, read_rows(config.data), read_rows(config.plain_data))
+    assert stats["examples_with_chunks"] == 6 and stats["examples"] == 10  # 6 annotated, 4 plain (60/40)
+    texts = [tok.decode(e.input_ids) for e in examples]
+    assert sum("own answer" in t for t in texts) == 4
+    assert not any("quick brown fox" in t for t in texts)  # plain rows of --data are not used
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        _config(root, model_dir, data, "x", plain_data=["nowhere.jsonl"])

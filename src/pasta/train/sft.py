@@ -29,6 +29,9 @@ class SFTConfig:
     data: list[str]  # JSONL files: {prompt, annotated} rows (as written by `pasta annotate`)
     output_dir: str
     model: str | None = None  # HF folder / .gguf / None = the embedded default
+    # Where plain examples (no promise) come from; None: the rows without chunks in `data`. E.g. the base model's
+    # own answers (`pasta distill`), so "answer without forking" is taught in the model's own words.
+    plain_data: list[str] | None = None
     lora: bool = True
     lora_r: int = 8
     lora_alpha: int = 16
@@ -56,7 +59,7 @@ class SFTConfig:
     def __post_init__(self) -> None:
         if not self.data:
             raise ValueError("give at least one data file")
-        for path in self.data:
+        for path in [*self.data, *(self.plain_data or [])]:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"training data {path} not found")
         if self.lora_r < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -104,11 +107,13 @@ def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
     return tokenizer.encode(prompt, add_special_tokens=True)
 
 
-def build_examples(config: SFTConfig, tokenizer, rows: list[dict]) -> tuple[list[LaidOut], dict]:
-    """Lay out rows, keeping those that fit, mixing annotated and plain answers as configured."""
+def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
+                   plain_rows: list[dict] | None = None) -> tuple[list[LaidOut], dict]:
+    """Lay out rows, keeping those that fit, mixing annotated and plain answers as configured (plain answers from
+    `plain_rows` when given, else from `rows`)."""
     rng = random.Random(config.seed)
     with_chunks = [r for r in rows if to_structure(r["annotated"]).chunks]
-    plain = [r for r in rows if not to_structure(r["annotated"]).chunks]
+    plain = [r for r in (rows if plain_rows is None else plain_rows) if not to_structure(r["annotated"]).chunks]
     rng.shuffle(with_chunks)
     rng.shuffle(plain)
     stats = {"rows": len(rows), "with_chunks": len(with_chunks), "too_long": 0}
@@ -181,7 +186,8 @@ def train_sft(config: SFTConfig, callbacks: list | None = None) -> Path:
             target_modules="all-linear", task_type="CAUSAL_LM",
         ))
     rows = read_rows(config.data)
-    examples, data_stats = build_examples(config, tokenizer, rows)
+    plain_rows = read_rows(config.plain_data) if config.plain_data else None
+    examples, data_stats = build_examples(config, tokenizer, rows, plain_rows)
     if not examples:
         raise ValueError(f"no usable training example in {config.data} (all too long or invalid)")
     log.info("training data: %s", data_stats)
