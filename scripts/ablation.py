@@ -9,7 +9,8 @@ ablation is about; wall-clock speed is measured on the final model only.
     python scripts/ablation.py --table                   # the Markdown table from the committed summaries
 
 Data files come from `pasta annotate` / `pasta distill` (see scripts/build_default_model.sh):
-data/sft-sharegpt-v1.jsonl, data/sft-sharegpt-v2.jsonl, data/sft-distill-v2.jsonl.
+data/sft-sharegpt-v2.jsonl (ShareGPT, annotator v2), data/sft-distill-v2.jsonl (the base model's own answers to
+ShareGPT instructions, annotated: mostly plain).
 """
 
 from __future__ import annotations
@@ -23,35 +24,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "ablation"
 PY = sys.executable
-COMMON = ["--batch-size", "4", "--lr", "5e-4", "--save-steps", "20", "--threads", "1", "--bf16", "--resume"]
+COMMON = ["--batch-size", "4", "--save-steps", "20", "--threads", "1", "--bf16", "--resume"]
 
 # name -> (what it changes, data files, extra `pasta train sft` arguments). r0 is the first default model.
+SHAREGPT_V2 = ["data/sft-sharegpt-v2.jsonl"]
+DISTILL_PLAIN = ["--plain-data", "data/sft-distill-v2.jsonl"]
+BASE = ["--max-length", "448", "--max-examples", "1200"]
 RUNS: dict[str, tuple[str, list[str], list[str]]] = {
     "r0-first-default": ("the first default model: ShareGPT, annotator v1, 120 steps", [], []),
     "r1-sharegpt-v2": ("annotator v2 (<= 6 chunks, markers in main, distinct topics), else as r0",
-                       ["data/sft-sharegpt-v2.jsonl"],
-                       ["--max-steps", "120", "--max-length", "448", "--max-examples", "1200"]),
-    "r2-distill-v2": ("self-distilled answers (the base model's own), annotator v2, 120 steps",
-                      ["data/sft-distill-v2.jsonl"],
-                      ["--max-steps", "120", "--max-length", "512", "--max-examples", "1200"]),
-    "r3-distill-v2-long": ("r2 trained 3x longer (360 steps)",
-                           ["data/sft-distill-v2.jsonl"],
-                           ["--max-steps", "360", "--max-length", "512", "--max-examples", "1200"]),
-    "r4-distill-v2-plain50": ("r2 with 50% plain examples (r2: 20%)",
-                              ["data/sft-distill-v2.jsonl"],
-                              ["--max-steps", "120", "--max-length", "512", "--max-examples", "1200",
-                               "--annotated-fraction", "0.5"]),
-    "r5-distill-v2-reserve10": ("r2 with 10x reservation (r2: 2x)",
-                                ["data/sft-distill-v2.jsonl"],
-                                ["--max-steps", "120", "--max-length", "512", "--max-examples", "1200",
-                                 "--reserve-factor", "10"]),
-    "r6-distill-v2-fixed": ("r2 with a fixed reservation of 64 positions per chunk",
-                            ["data/sft-distill-v2.jsonl"],
-                            ["--max-steps", "120", "--max-length", "512", "--max-examples", "1200",
-                             "--fixed-reserve", "64"]),
-    "r7-distill-v1": ("self-distilled answers with annotator v1 (a chunk per item), 120 steps",
-                      ["data/sft-distill-v1.jsonl"],
-                      ["--max-steps", "120", "--max-length", "512", "--max-examples", "1200"]),
+                       SHAREGPT_V2, ["--max-steps", "120", *BASE]),
+    "r2-plain-self": ("r1, plain examples from the base model's own answers (self-distilled)",
+                      SHAREGPT_V2, ["--max-steps", "120", *BASE, *DISTILL_PLAIN]),
+    "r3-plain-self-long": ("r2 trained 3x longer (360 steps)",
+                           SHAREGPT_V2, ["--max-steps", "360", *BASE, *DISTILL_PLAIN]),
+    "r4-plain50": ("r2 with 50% plain examples (r2: 20%)",
+                   SHAREGPT_V2, ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--annotated-fraction", "0.5"]),
+    "r5-reserve10": ("r2 with 10x reservation (r2: 2x)",
+                     SHAREGPT_V2, ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--reserve-factor", "10"]),
+    "r6-reserve-fixed": ("r2 with a fixed reservation of 64 positions per chunk",
+                         SHAREGPT_V2, ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--fixed-reserve", "64"]),
+    "r7-reserve1": ("r2 with 1x reservation", SHAREGPT_V2,
+                    ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--reserve-factor", "1"]),
+    "r8-full-ft": ("r2 as a full fine-tune (lr 5e-5) instead of LoRA", SHAREGPT_V2,
+                   ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--full", "--lr", "5e-5"]),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 
@@ -60,7 +56,8 @@ def run(name: str) -> None:
     what, data, extra = RUNS[name]
     out = ROOT / "runs" / "abl" / name
     if data:
-        subprocess.run([PY, "-m", "pasta.cli", "train", "sft", "--data", *data, "--out", str(out), *COMMON, *extra],
+        lr = [] if "--lr" in extra else ["--lr", "5e-4"]
+        subprocess.run([PY, "-m", "pasta.cli", "train", "sft", "--data", *data, "--out", str(out), *COMMON, *lr, *extra],
                        check=True, cwd=ROOT)
     adapter = [] if name.startswith("r0") else ["--adapter", str(out)]
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ Robustness rules for malformed model output (also in docs/pasta-lang.md):
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -361,6 +362,7 @@ class Decoding:
         """No chunk for this promise: its tag leaves the answer, and the main thread syncs (or, refused twice in a
         row, ends)."""
         thread.events[-1] = _Refused(promise.raw)
+        self._trim_list_marker(thread)
         self._refused_in_a_row += 1
         if self._refused_in_a_row >= 2:
             self.guards.append(f"{reason}: {promise.raw}; main thread ended")
@@ -368,6 +370,20 @@ class Decoding:
             return
         self.guards.append(f"{reason}: {promise.raw}; forced <sync/>")
         thread.inject = list(self.sync_ids)
+
+    def _trim_list_marker(self, thread: _Thread) -> None:
+        """A list marker the main thread wrote for the refused promise ("7. ", "- ") would dangle in the answer:
+        drop it from the text (it stays in the KV cache; the next tokens are the guard's)."""
+        k = len(thread.events) - 1
+        tail = ""
+        while k > 0 and isinstance(thread.events[k - 1], Text):
+            k -= 1
+            tail = thread.events[k].text + tail
+        m = _TRAILING_MARKER.search(tail)
+        if not m or not m.group(1):
+            return
+        keep = tail[: m.start(1)]
+        thread.events[k : len(thread.events) - 1] = [Text(keep)] if keep else []
 
     def _ignore(self, thread: _Thread, event, why: str) -> None:
         thread.events[-1] = _Ignored(event.raw)
@@ -465,6 +481,9 @@ class Decoding:
                 outstanding_end = 0
         t += self.threads[0].trace.sampled - previous
         return max(t, all_end, 1)
+
+
+_TRAILING_MARKER = re.compile(r"(?:^|\n)[ \t]*((?:\d{1,3}[.)]|[-*+\u2022])[ \t]*)$")
 
 
 class _Ignored:

@@ -84,6 +84,15 @@ def test_refused_promises_count_as_written():
     assert not s.well_formed and s.complete
 
 
+def test_tags_written_inside_a_chunk_are_not_promises(interp):
+    teacher = ('Steps:\n<promise topic="Install" tokens="10"/><async>Install:\n<promise topic="Install" tokens="9"/>'
+               '\n<promise topic="Install" tokens="9"/></async>\n<sync/>Done.')
+    result = interp.generate(interp.prompt_ids("q"), teacher=teacher)
+    s = answer_stats(result, TOK)
+    assert (s.promises, s.repeated_topics, s.distinct_topics) == (1, 0, 1)
+    assert s.reaches_sync is True and not s.well_formed  # the nested tags were ignored (a warning each)
+
+
 def test_a_truncated_answer_is_not_complete(interp):
     teacher = 'Intro <promise topic="a" tokens="10"/><async>' + "x" * 60 + "</async><sync/>end"
     limits = DecodeLimits(max_new_tokens=60)

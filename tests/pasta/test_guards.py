@@ -70,6 +70,14 @@ def test_a_repeated_topic_is_refused_and_the_main_thread_syncs():
     assert decoding.finish_reason == "eos"
 
 
+def test_a_refused_promise_leaves_no_dangling_list_marker():
+    main = "Animals:\n1. " + _promise("Bats") + "\n2. " + _promise("Birds") + "\n3. " + _promise("bats") + "\nThat is all."
+    decoding = drive(main, ["Bats fly.</async>", "Birds sing.</async>"])
+    annotated, text = decoding.stitch()
+    assert text == "Animals:\n1. Bats fly.\n2. Birds sing.\n\nThat is all."
+    assert is_valid(annotated) and strip_tags(annotated) == text
+
+
 def test_a_loop_of_repeated_promises_ends_cleanly():
     # A model stuck on one topic (the failure seen in the first default model): refused twice in a row -> the main
     # thread ends; the answer is finished and valid, long before the token cap.

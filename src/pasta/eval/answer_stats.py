@@ -21,7 +21,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from difflib import SequenceMatcher
 
-from ..lang import Promise, Sync, parse, to_structure, topic_key
+from ..lang import Sync, parse, to_structure, topic_key
 
 __all__ = ["AnswerStats", "aggregate", "answer_stats", "repetition_rate", "near_duplicate"]
 
@@ -77,15 +77,17 @@ class AnswerStats:
 def answer_stats(result, tokenizer) -> AnswerStats:
     """Statistics of a `GenerationResult` (async or sequential decoding)."""
     stats = result.stats
-    structure = parse(result.annotated)
-    promises = [e for e in structure if isinstance(e, Promise)]
-    keys = [topic_key(p.topic) for p in promises]
-    bodies = [chunk.body for chunk in to_structure(result.annotated).chunks]
+    # The main thread's promises: a tag the model wrote inside a chunk was ignored (it stays in `annotated` as
+    # text) and forks nothing, so it is not a promise.
+    chunks = to_structure(result.annotated).chunks
+    promises = [c for c in chunks if c.promise_raw]
+    keys = [topic_key(c.topic) for c in promises]
+    bodies = [c.body for c in chunks]
     duplicates = sum(any(near_duplicate(b, earlier) for earlier in bodies[:i]) for i, b in enumerate(bodies))
     if promises:
         # Every chunk finished (none cut by a budget), and the main thread joined them: at a <sync/>, or at EOS.
         closed = all(t.close_reason in ("closed", "eos") for t in stats.timeline[1:])
-        synced = any(isinstance(e, Sync) for e in structure)
+        synced = any(isinstance(e, Sync) for e in parse(to_structure(result.annotated).main_thread_text()))
         reaches_sync = closed and (synced or stats.finish_reason == "eos")
     else:
         reaches_sync = None
