@@ -31,6 +31,7 @@ SHAREGPT_V2 = ["data/sft-sharegpt-v2.jsonl"]
 DISTILL_PLAIN = ["--plain-data", "data/sft-distill-v2.jsonl"]
 BASE = ["--max-length", "448", "--max-examples", "1200"]
 RUNS: dict[str, tuple[str, list[str], list[str]]] = {
+    "base": ("reference: SmolLM2-135M-Instruct itself, no Pasta training", [], []),
     "r0-first-default": ("the first default model: ShareGPT, annotator v1, 120 steps", [], []),
     "r1-sharegpt-v2": ("annotator v2 (<= 6 chunks, markers in main, distinct topics), else as r0",
                        SHAREGPT_V2, ["--max-steps", "120", *BASE]),
@@ -59,10 +60,48 @@ def run(name: str) -> None:
         lr = [] if "--lr" in extra else ["--lr", "5e-4"]
         subprocess.run([PY, "-m", "pasta.cli", "train", "sft", "--data", *data, "--out", str(out), *COMMON, *lr, *extra],
                        check=True, cwd=ROOT)
-    adapter = [] if name.startswith("r0") else ["--adapter", str(out)]
+    adapter = [] if name.startswith("r0") else ["--no-adapter"] if name == "base" else ["--adapter", str(out)]
     RESULTS.mkdir(parents=True, exist_ok=True)
     subprocess.run([PY, "bench/default_model.py", *DEV, *adapter, "--out", str(RESULTS / f"{name}.jsonl"),
                     "--summary", str(RESULTS / f"{name}.summary.json"), "--json"], check=True, cwd=ROOT)
+
+
+def restat(name: str) -> None:
+    """Recompute a run's per-answer statistics and summary from its committed per-answer rows (after a fix in
+    pasta.eval.answer_stats), without decoding again."""
+    from types import SimpleNamespace
+
+    from pasta.eval.answer_stats import aggregate, answer_stats
+    from pasta.jsonl import append_jsonl, jsonl_lines
+    from pasta.models import load_tokenizer
+
+    tok = load_tokenizer(None)
+    path = RESULTS / f"{name}.jsonl"
+    rows = [row for _, row in jsonl_lines(path)]
+    for row in rows:
+        timeline = [SimpleNamespace(close_reason=None)] + [SimpleNamespace(close_reason=c["close"]) for c in row["chunks"]]
+        stats = SimpleNamespace(timeline=timeline, finish_reason=row["pasta"]["finish_reason"], warnings=row["warnings"],
+                                guards=row["pasta"]["guards"], steps=row["pasta"]["steps"])
+        result = SimpleNamespace(text=row["output"], annotated=row["annotated"], stats=stats)
+        row["pasta"] = answer_stats(result, tok).to_dict()
+    path.unlink()
+    for row in rows:
+        append_jsonl(path, row)
+    summary_path = RESULTS / f"{name}.summary.json"
+    summary = json.loads(summary_path.read_text())
+    bench = _bench_module()
+    summary.update(aggregate(rows))
+    summary["targets"] = bench.targets(summary)
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_default_model", ROOT / "bench" / "default_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _f(x, digits=2) -> str:
@@ -92,9 +131,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", choices=sorted(RUNS), action="append", default=[])
     parser.add_argument("--table", action="store_true")
+    parser.add_argument("--restat", choices=sorted(RUNS), action="append", default=[],
+                        help="recompute a run's statistics from its per-answer rows")
     args = parser.parse_args()
     for name in args.run:
         run(name)
+    for name in args.restat:
+        restat(name)
     if args.table:
         print(table())
     return 0

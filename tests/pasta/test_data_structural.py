@@ -175,3 +175,19 @@ def test_file_pipeline_writes_rows_and_resumes(tmp_path):
     again = annotate_structural_examples(examples, out, rej, progress=False)
     assert again.skipped_done == 3 and again.accepted == 0
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_v3_groups_items_into_chunks_worth_a_thread():
+    from pasta.data.annotate_structural import _group
+
+    assert _group([25] * 6, 2) == [3, 3] and _group([10, 50, 10, 10, 10, 10], 2) == [2, 4]
+    assert _group([5, 5, 5, 100], 2) == [3, 1] and _group([1, 1], 2) == [1, 1]
+    items = [f"{i}. **Animal{i}**: {LONG}." for i in range(1, 7)]  # ~22 approximate tokens each
+    text = "Animals:\n" + "\n".join(items) + "\n\nThat is all."
+    s = check(text, config=StructuralConfig.v3(target_chunk_tokens=70))
+    assert len(s.chunks) == 2  # 6 items of ~17 tokens: two chunks of three
+    assert s.chunks[0].topic == "Animal1; Animal2; Animal3"
+    assert s.chunks[1].body.startswith("**Animal4**") and s.chunks[1].body.endswith(f"6. **Animal6**: {LONG}.")
+    short = "- Sleep: one two three four five six seven eight\n- Food: one two three four five six seven eight"
+    assert not check(short, config=StructuralConfig.v3()).chunks  # two short items: not worth two threads
+    assert check(short).chunks  # version 2 forks them

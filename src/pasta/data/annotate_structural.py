@@ -86,6 +86,10 @@ class StructuralConfig:
     max_items: int | None = 18
     marker_in_main: bool = True
     distinct_topics: bool = True
+    # Consecutive items are grouped so that a chunk holds about this many tokens (None: one item per chunk, grouped
+    # only past max_chunks). A promise tag costs the main thread ~13 tokens: a 25-token item is not worth a thread.
+    target_chunk_tokens: int | None = None
+    grouped_topic_words: int | None = None  # words per item in a grouped chunk's topic (None: as long as fits)
 
     def __post_init__(self) -> None:
         if self.min_items < 2:
@@ -96,6 +100,14 @@ class StructuralConfig:
             raise ValueError(f"max_chunks must be >= min_items ({self.min_items}), got {self.max_chunks}")
         if self.max_items is not None and self.max_items < self.min_items:
             raise ValueError(f"max_items must be >= min_items ({self.min_items}), got {self.max_items}")
+        if self.target_chunk_tokens is not None and self.target_chunk_tokens < 1:
+            raise ValueError(f"target_chunk_tokens must be >= 1, got {self.target_chunk_tokens}")
+
+    @classmethod
+    def v3(cls, **overrides) -> StructuralConfig:
+        """Version 2, with items grouped into chunks of about 60 tokens and short topics (4 words; 3 per item in a
+        group), so each promise pays for itself."""
+        return cls(**{"target_chunk_tokens": 60, "max_topic_words": 4, "grouped_topic_words": 3, **overrides})
 
     @classmethod
     def v1(cls, **overrides) -> StructuralConfig:
@@ -289,7 +301,7 @@ def _insert_tags(text: str, count: TokenCounter, config: StructuralConfig) -> st
     last = 0
     total = 0
     for bodies, body_end in groups:
-        chunks = _chunks_of(text, bodies, config)
+        chunks = _chunks_of(text, bodies, config, count)
         if chunks is None:
             continue
         if config.max_chunks is not None and total + len(chunks) > config.max_chunks:
@@ -314,12 +326,41 @@ _MARKER_RE = re.compile(r" {0,3}(?:[-*+\u2022]|\d{1,3}[.)])[ \t]+")
 _MAX_TOPIC_CHARS = 100
 
 
-def _chunks_of(text: str, bodies: list[tuple[int, int]], config: StructuralConfig
+def _group(sizes: list[int], k: int) -> list[int]:
+    """Split consecutive items into k groups of near-equal total size; returns each group's item count."""
+    total, out, start = sum(sizes), [], 0
+    for g in range(k):
+        left = k - g
+        if left == 1:
+            out.append(len(sizes) - start)
+            break
+        goal, acc, end = (total - sum(sizes[:start])) / left, 0, start
+        # At least one item per group, and leave at least one item for each later group.
+        while end < len(sizes) - (left - 1) and (end == start or acc + sizes[end] / 2 <= goal):
+            acc += sizes[end]
+            end += 1
+        out.append(end - start)
+        start = end
+    return out
+
+
+def _chunks_of(text: str, bodies: list[tuple[int, int]], config: StructuralConfig, count: TokenCounter
                ) -> list[tuple[tuple[int, int], str]] | None:
-    """The group's chunks as ((start, end), topic): items grouped to at most `max_chunks`, topics made distinct
-    (None: the group is left alone)."""
-    size = 1 if config.max_chunks is None else -(-len(bodies) // config.max_chunks)
-    spans = [bodies[i : i + size] for i in range(0, len(bodies), size)]
+    """The group's chunks as ((start, end), topic): items grouped to at most `max_chunks` (and to about
+    `target_chunk_tokens` each), topics made distinct (None: the group is left alone)."""
+    if config.target_chunk_tokens is not None:
+        sizes = [count(text[a:b]) for a, b in bodies]
+        k = min(len(bodies), config.max_chunks or len(bodies), round(sum(sizes) / config.target_chunk_tokens))
+        if k < config.min_items:
+            return None  # too little text to be worth two threads
+        counts = _group(sizes, k)
+    else:
+        size = 1 if config.max_chunks is None else -(-len(bodies) // config.max_chunks)
+        counts = [min(size, len(bodies) - i) for i in range(0, len(bodies), size)]
+    spans, i = [], 0
+    for c in counts:
+        spans.append(bodies[i : i + c])
+        i += c
 
     def topics(longer: bool) -> list[str]:
         out = []
@@ -327,8 +368,9 @@ def _chunks_of(text: str, bodies: list[tuple[int, int]], config: StructuralConfi
             parts = [(_opening_words(text[a:b], 2 * config.max_topic_words) if longer else
                       topic_from_text(text[a:b], config.max_topic_words)) or "part" for a, b in span]
             joined = "; ".join(parts)
-            if len(joined) > _MAX_TOPIC_CHARS:  # a grouped topic stays a summary
-                joined = "; ".join(" ".join(p.split()[:3]) for p in parts)
+            if len(span) > 1 and (config.grouped_topic_words or len(joined) > _MAX_TOPIC_CHARS):
+                # A grouped topic stays a short summary: every topic word is a token the main thread must write.
+                joined = "; ".join(" ".join(p.split()[: config.grouped_topic_words or 3]) for p in parts)
             out.append(joined)
         return out
 

@@ -38,9 +38,10 @@ def add_annotate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer for the `tokens` attribute: a HF folder, a .gguf file, or 'default' (the embedded "
                    "model); default: a tokenizer-free approximation")
-    p.add_argument("--structural-version", type=int, choices=(1, 2), default=2,
+    p.add_argument("--structural-version", type=int, choices=(1, 2, 3), default=2,
                    help="structural annotator rules: 2 (default: at most 6 chunks, markers in the main thread, "
-                   "distinct topics) or 1 (the first version: a chunk per list item)")
+                   "distinct topics), 3 (2, with items grouped into ~60-token chunks and short topics) or 1 (the "
+                   "first version: a chunk per list item)")
     g = p.add_argument_group("openai annotator")
     g.add_argument("--base-url", default=None, help="e.g. http://localhost:8000/v1 (vLLM, SGLang, llama.cpp, hosted)")
     g.add_argument("--model", default=None, help="model name as the server knows it")
@@ -84,7 +85,7 @@ def run_annotate(args: argparse.Namespace) -> int:
         from pasta.data.annotate_structural import StructuralConfig, annotate_structural_examples
 
         version = getattr(args, "structural_version", 2)
-        config = StructuralConfig.v1() if version == 1 else StructuralConfig()
+        config = {1: StructuralConfig.v1, 2: StructuralConfig, 3: StructuralConfig.v3}[version]()
         stats = annotate_structural_examples(examples, args.out, rejects, count_tokens=count_tokens,
                                              config=config, progress=progress)
     else:
