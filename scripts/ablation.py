@@ -47,6 +47,8 @@ RUNS: dict[str, tuple[str, list[str], list[str]]] = {
                          SHAREGPT_V2, ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--fixed-reserve", "64"]),
     "r7-reserve1": ("r2 with 1x reservation", SHAREGPT_V2,
                     ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--reserve-factor", "1"]),
+    "r9-v3": ("r2 with annotator v3 (items grouped into ~60-token chunks, short topics)",
+              ["data/sft-sharegpt-v3.jsonl"], ["--max-steps", "120", *BASE, *DISTILL_PLAIN]),
     "r8-full-ft": ("r2 as a full fine-tune (lr 5e-5) instead of LoRA", SHAREGPT_V2,
                    ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--full", "--lr", "5e-5"]),
 }

@@ -3,8 +3,9 @@
 Per round:
 1. Sample: for each training prompt, `n_samples` annotated answers from the current policy through the
    interpreter (asynchronous decoding, temperature sampling).
-2. Score: score = theoretical_speedup + lambda * quality, where theoretical_speedup = tokens / critical path of
-   the sample, and quality = the judge's preference (both orders averaged, in [0, 1]) for the sample's plain text
+2. Score: score = theoretical_speedup + lambda * quality, where theoretical_speedup = (plain-text tokens + 1) /
+   critical path of the sample, 0 for a runaway answer (truncated, guarded, repeated topics or duplicate chunks:
+   `sample_speedup`), and quality = the judge's preference (both orders averaged, in [0, 1]) for the sample's plain text
    over the *sequential answer*: the initial model's greedy answer decoded sequentially, computed once per prompt.
    lambda = inf ranks by quality, ties broken by speedup. Without a judge, quality is 0 (speed only).
 3. Pairs: the best and the worst sample (skipped when every score ties), saved in TRL's shape
@@ -38,12 +39,14 @@ from typing import Any
 import torch
 
 from ..decoding import DecodeLimits
+from ..eval.answer_stats import answer_stats
 from ..jsonl import append_jsonl
 from ..sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PrefConfig", "bonbon_loss", "combine_lora_adapters", "score_sample", "select_pair", "train_pref"]
+__all__ = ["PrefConfig", "bonbon_loss", "combine_lora_adapters", "sample_speedup", "score_sample", "select_pair",
+           "train_pref"]
 
 
 def bonbon_loss(logp_best: torch.Tensor, logp_worst: torch.Tensor, ref_logp_best: torch.Tensor,
@@ -104,6 +107,15 @@ class PrefConfig:
 
 
 # ---- scoring and pairs -------------------------------------------------------------------------------------------
+
+
+def sample_speedup(stats, critical_path: int) -> float:
+    """The speed term of a sample's score: plain-text tokens (+1 for EOS) over the critical path, for an answer a
+    user would accept; 0 for a runaway one (cut by the token cap, ended or trimmed by a guard, repeated topics or
+    near-duplicate chunks), so every failure ranks below every plain answer (speedup 1)."""
+    if not stats.complete or stats.guards or stats.repeated_topics or stats.duplicate_chunks:
+        return 0.0
+    return (stats.plain_tokens + 1) / max(1, critical_path)
 
 
 def score_sample(speedup: float, quality: float | None, lam: float) -> tuple[float, float]:
@@ -332,13 +344,14 @@ class PrefTrainer:
                 seed = (self.config.seed * 1_000_003 + round_no * 10_007 + k * 101 + n) % (2**63)
                 sampling = SamplingParams(self.config.temperature, self.config.top_p, seed)
                 res = interp.generate(self.prompt_ids(ex.prompt), sampling=sampling, mode="async")
-                speedup = res.stats.tokens / max(1, res.stats.critical_path)
+                stats = answer_stats(res, self.tokenizer)
+                speedup = sample_speedup(stats, res.stats.critical_path)
                 quality = None
                 if self.judge is not None:
                     quality = judge_pair(self.judge, ex.prompt, references[ex.id], res.text).preference
                 samples.append({"annotated": res.annotated, "text": res.text, "tokens": res.stats.tokens,
                                 "critical_path": res.stats.critical_path, "threads": res.stats.threads,
-                                "speedup": speedup, "quality": quality})
+                                "speedup": speedup, "quality": quality, "answer_stats": stats.to_dict()})
             append_jsonl(path, {"id": ex.id, "prompt": ex.prompt, "samples": samples})
             log.info("round %d: sampled %s (%d/%d): speedups %s, quality %s", round_no, ex.id, k + 1, len(examples),
                      [round(s["speedup"], 2) for s in samples], [s["quality"] for s in samples])
