@@ -46,8 +46,9 @@ class DecodeLimits:
     since the last `<sync/>`. A refused promise forks no chunk and is dropped from the answer, and the main thread
     is made to write `<sync/>` next (so it sees every chunk and can conclude). A second refusal with no accepted
     promise in between ends the main thread (the answer finishes once its chunks are done). Every firing is
-    recorded in `RunStats.guards`. A `<sync/>` with nothing outstanding right after another one (nothing written
-    in between: a loop of syncs) ends the main thread too. Teacher forcing is never guarded.
+    recorded in `RunStats.guards`. A `<sync/>` with nothing outstanding right after another one (nothing but list
+    numbering written in between: a loop of syncs) ends the main thread too, and a promise written inside a chunk
+    ends that chunk (`close_chunk_on_promise`). Teacher forcing is never guarded.
     """
 
     max_new_tokens: int = 1024  # sampled tokens of the whole request, all threads together
@@ -56,6 +57,7 @@ class DecodeLimits:
     max_promises: int = 16  # promises per request
     max_promises_per_sync: int = 8  # promises outstanding before the main thread must sync
     refuse_repeated_topics: bool = True
+    close_chunk_on_promise: bool = True  # a promise written inside a chunk ends that chunk (else: ignored)
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "max_thread_tokens", "max_threads", "max_promises", "max_promises_per_sync"):
@@ -299,7 +301,7 @@ class Decoding:
     def _on_event(self, thread: _Thread, event, token: int) -> None:
         thread.events.append(event)
         if isinstance(event, Text):
-            if thread.kind == "main" and event.text.strip():
+            if thread.kind == "main" and not _MARKER_ONLY.fullmatch(event.text):
                 self._main_idle_sync = False
             return
         if thread.kind == "main":
@@ -337,6 +339,12 @@ class Decoding:
             return
         if thread.closed:
             self._ignore(thread, event, "comes after the chunk's </async>")
+        elif isinstance(event, Promise) and self.limits.close_chunk_on_promise and not self._teacher:
+            # A chunk that starts promising has lost its place (it writes the main thread's part): it ends here.
+            thread.events[-1] = _Refused(event.raw)
+            self.guards.append(f"chunk_promise: chunk {thread.trace.id} wrote {event.raw}; chunk closed")
+            self._end_thread(thread, "guard", keep_pending=True)
+            thread.pending = [token]
         else:
             self._ignore(thread, event, "is not valid inside a chunk")
 
@@ -434,7 +442,8 @@ class Decoding:
 
     def chunk_text(self, thread: _Thread) -> tuple[str, str]:
         """(annotated "<async>...</async>", plain body) of a chunk; a missing close tag is restored."""
-        annotated = render(e if not isinstance(e, _Ignored) else Text(e.raw) for e in thread.events)
+        annotated = render(e if not isinstance(e, _Ignored) else Text(e.raw)
+                           for e in thread.events if not isinstance(e, _Refused))
         if not thread.closed:
             annotated += ASYNC_CLOSE
         plain = "".join(e.text for e in thread.events if isinstance(e, Text))
@@ -483,6 +492,8 @@ class Decoding:
         return max(t, all_end, 1)
 
 
+# Text that is only list numbering and whitespace ("\n3. ", "- "): writing it between two syncs is no progress.
+_MARKER_ONLY = re.compile(r"[\s\d.)*+\-\u2022]*")
 _TRAILING_MARKER = re.compile(r"(?:^|\n)[ \t]*((?:\d{1,3}[.)]|[-*+\u2022])[ \t]*)$")
 
 

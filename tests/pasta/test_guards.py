@@ -105,6 +105,26 @@ def test_a_loop_of_syncs_ends_the_answer():
     assert fine.guards == [] and fine.stitch()[1] == "ABxCD"
 
 
+def test_a_loop_of_numbered_syncs_ends_the_answer():
+    main = "Steps:\n1. " + _promise("a") + "\n2. <sync/>\n3. <sync/>\n4. <sync/>" * 20
+    decoding = drive(main, ["Draw.</async>"], DecodeLimits(max_new_tokens=2000))
+    assert decoding.finish_reason == "guard" and decoding.guards[0].startswith("idle_sync")
+    assert decoding.sampled < 120
+
+
+def test_a_promise_inside_a_chunk_closes_it():
+    main = "Steps:\n1. " + _promise("Install") + "\n<sync/>Done."
+    chunk = "Install them:\n1. " + _promise("Install") + "\n2. " + _promise("Install") + " and more</async>"
+    decoding = drive(main, [chunk])
+    annotated, text = decoding.stitch()
+    assert decoding.threads[1].trace.close_reason == "guard"
+    assert decoding.guards == [f'chunk_promise: chunk 1 wrote {_promise("Install")}; chunk closed']
+    assert text == "Steps:\n1. Install them:\n1. \nDone."
+    assert is_valid(annotated) and strip_tags(annotated) == text
+    ignored = drive(main, [chunk], DecodeLimits(close_chunk_on_promise=False))
+    assert "and more" in ignored.stitch()[1] and ignored.guards == []
+
+
 def test_cap_on_promises_per_request():
     topics = [f"t{i}" for i in range(6)]
     main = "".join(_promise(t) + "<sync/>" for t in topics) + "End."

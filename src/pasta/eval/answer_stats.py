@@ -86,7 +86,7 @@ def answer_stats(result, tokenizer) -> AnswerStats:
     duplicates = sum(any(near_duplicate(b, earlier) for earlier in bodies[:i]) for i, b in enumerate(bodies))
     if promises:
         # Every chunk finished (none cut by a budget), and the main thread joined them: at a <sync/>, or at EOS.
-        closed = all(t.close_reason in ("closed", "eos") for t in stats.timeline[1:])
+        closed = all(t.close_reason in ("closed", "eos", "guard") for t in stats.timeline[1:])
         synced = any(isinstance(e, Sync) for e in parse(to_structure(result.annotated).main_thread_text()))
         reaches_sync = closed and (synced or stats.finish_reason == "eos")
     else:
