@@ -99,6 +99,17 @@ def test_parse_points():
     assert parse_points(sk) == [(1, "Sleep well"), (2, "Eat food"), (3, "Move")]
     assert parse_points("no list here") == []
     assert parse_points("1. a\n2. b\n3. c", max_points=2) == [(1, "a"), (2, "b")]
+    # A small model's skeleton loops: a repeated point ends it.
+    looping = "1. John C. Reilly\n2. John C. Reilly, Jr.\n3. John C. Reilly, Jr.\n4. Meryl Streep"
+    assert parse_points(looping) == [(1, "John C. Reilly")]
+    assert len(parse_points(looping, dedupe=False)) == 4
+
+
+def test_an_expansion_is_cut_where_it_starts_the_next_point():
+    from pasta.eval.sot import _one_point
+
+    assert _one_point(" sleep well.\n2. Eat well.\n3. x") == " sleep well."
+    assert _one_point(" sleep 8 hours. Then 2 more.") == " sleep 8 hours. Then 2 more."
 
 
 def test_batched_expansion_equals_one_by_one_decoding(systems):
@@ -129,6 +140,7 @@ def test_skeleton_of_thought_on_a_tiny_model(systems):
                               skeleton_tokens=8)
     assert res.skeleton.startswith("1.")
     assert res.tokens <= 20
+    assert res.truncated == (res.tokens >= 20 or any("max_thread_tokens" in w for w in res.warnings))
     if res.fallback:
         assert res.critical_path == res.tokens
     else:
