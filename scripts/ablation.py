@@ -49,6 +49,9 @@ RUNS: dict[str, tuple[str, list[str], list[str]]] = {
                     ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--reserve-factor", "1"]),
     "r9-v3": ("r2 with annotator v3 (items grouped into ~60-token chunks, short topics)",
               ["data/sft-sharegpt-v3.jsonl"], ["--max-steps", "120", *BASE, *DISTILL_PLAIN]),
+    "r10-v3-3chunks": ("r9 with at most 3 chunks per answer (74% of lists get exactly 3)",
+                       ["data/sft-sharegpt-v3c3.jsonl"],
+                       ["--max-steps", "120", *BASE, "--plain-data", "data/sft-distill-v3c3.jsonl"]),
     "r8-full-ft": ("r2 as a full fine-tune (lr 5e-5) instead of LoRA", SHAREGPT_V2,
                    ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--full", "--lr", "5e-5"]),
 }

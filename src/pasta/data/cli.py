@@ -42,6 +42,9 @@ def add_annotate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                    help="structural annotator rules: 2 (default: at most 6 chunks, markers in the main thread, "
                    "distinct topics), 3 (2, with items grouped into ~60-token chunks and short topics) or 1 (the "
                    "first version: a chunk per list item)")
+    p.add_argument("--max-chunks", type=int, default=None, help="structural: at most this many chunks per answer")
+    p.add_argument("--target-chunk-tokens", type=int, default=None,
+                   help="structural: group list items into chunks of about this many tokens")
     g = p.add_argument_group("openai annotator")
     g.add_argument("--base-url", default=None, help="e.g. http://localhost:8000/v1 (vLLM, SGLang, llama.cpp, hosted)")
     g.add_argument("--model", default=None, help="model name as the server knows it")
@@ -85,7 +88,9 @@ def run_annotate(args: argparse.Namespace) -> int:
         from pasta.data.annotate_structural import StructuralConfig, annotate_structural_examples
 
         version = getattr(args, "structural_version", 2)
-        config = {1: StructuralConfig.v1, 2: StructuralConfig, 3: StructuralConfig.v3}[version]()
+        overrides = {k: v for k in ("max_chunks", "target_chunk_tokens")
+                     if (v := getattr(args, k, None)) is not None}
+        config = {1: StructuralConfig.v1, 2: StructuralConfig, 3: StructuralConfig.v3}[version](**overrides)
         stats = annotate_structural_examples(examples, args.out, rejects, count_tokens=count_tokens,
                                              config=config, progress=progress)
     else:
