@@ -52,6 +52,10 @@ RUNS: dict[str, tuple[str, list[str], list[str]]] = {
     "r10-v3-3chunks": ("r9 with at most 3 chunks per answer (74% of lists get exactly 3)",
                        ["data/sft-sharegpt-v3c3.jsonl"],
                        ["--max-steps", "120", *BASE, "--plain-data", "data/sft-distill-v3c3.jsonl"]),
+    "r11-main-weight4": ("r10 with the main thread's loss weighted 4x (topics, markers, sync decisions)",
+                         ["data/sft-sharegpt-v3c3.jsonl"],
+                         ["--max-steps", "120", *BASE, "--plain-data", "data/sft-distill-v3c3.jsonl",
+                          "--main-loss-weight", "4"]),
     "r8-full-ft": ("r2 as a full fine-tune (lr 5e-5) instead of LoRA", SHAREGPT_V2,
                    ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--full", "--lr", "5e-5"]),
 }

@@ -67,3 +67,29 @@ def test_collate_pads_safely():
     assert torch.isfinite(logp).all()
     torch.testing.assert_close(logp[0, : len(a)], alone[0], atol=1e-5, rtol=1e-4)
     assert int(valid[0].sum()) == int((a.labels != IGNORE).sum())
+
+
+def test_main_thread_loss_weight():
+    """Weighted SFT loss = sum(w * ce) / sum(w), with w = main_weight on main-thread labels, 1 on chunk labels."""
+    import torch.nn.functional as F
+
+    from pasta.train.collator import IGNORE, causal_lm_loss, collate, forward_laid_out, layout_example
+
+    tok = ByteTokenizer()
+    model = tiny_model("llama")
+    prompt = tok.encode("q")
+    text = 'Tips:\n<promise topic="a" tokens="4"/><async>one</async>\n<sync/>ok'
+    plain = layout_example(tok, prompt, text)
+    heavy = layout_example(tok, prompt, text, main_weight=3.0)
+    assert plain.weights is None and torch.equal(plain.labels, heavy.labels)
+    labelled = heavy.labels != IGNORE
+    chunk_labels = sum(1 for c in "one</async>")  # every token the chunk writes after its forced <async>
+    assert int((heavy.weights[labelled] == 1.0).sum()) == chunk_labels
+    assert bool((heavy.weights[labelled] == 3.0).any()) and float(heavy.weights[~labelled].abs().sum()) == 0
+    batch = collate([heavy])
+    with torch.no_grad():
+        logits = forward_laid_out(model, batch).logits.float()[0]
+        ce = F.cross_entropy(logits[labelled], heavy.labels[labelled], reduction="none")
+        expected = (ce * heavy.weights[labelled]).sum() / heavy.weights[labelled].sum()
+        assert float(causal_lm_loss(model, batch)) == pytest.approx(float(expected), rel=1e-5)
+        assert float(causal_lm_loss(model, collate([plain]))) == pytest.approx(float(ce.mean()), rel=1e-5)

@@ -29,6 +29,8 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--annotated-fraction", type=float, default=0.8)
     p.add_argument("--reserve-factor", type=float, default=2.0, help="a chunk reserves factor x its tokens positions")
     p.add_argument("--fixed-reserve", type=int, default=None, help="reserve this many positions for every chunk")
+    p.add_argument("--main-loss-weight", type=float, default=1.0,
+                   help="loss weight of the main thread's tokens (topics, sync decisions) relative to the chunks'")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--save-steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -52,7 +54,7 @@ def run_sft(args: argparse.Namespace) -> int:
         lora_alpha=args.lora_alpha, learning_rate=args.lr, epochs=args.epochs, max_steps=args.max_steps,
         batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
         max_examples=args.max_examples, annotated_fraction=args.annotated_fraction,
-        reserve_factor=args.reserve_factor, fixed_reserve=args.fixed_reserve, bf16=args.bf16, save_steps=args.save_steps, seed=args.seed,
+        reserve_factor=args.reserve_factor, fixed_reserve=args.fixed_reserve, main_loss_weight=args.main_loss_weight, bf16=args.bf16, save_steps=args.save_steps, seed=args.seed,
         resume=args.resume, torch_threads=args.threads,
     )
     out = train_sft(config)

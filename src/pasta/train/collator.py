@@ -29,6 +29,7 @@ class LaidOut:
     attention_mask: torch.Tensor  # [n, n] bool: row i = what token i attends to
     labels: torch.Tensor  # [n] long: next token of the same thread, or -100
     prompt_length: int
+    weights: torch.Tensor | None = None  # [n] float loss weight per label (None: all 1)
 
     def __len__(self) -> int:
         return int(self.input_ids.numel())
@@ -42,7 +43,10 @@ def layout_example(
     eos_id: int | None = None,
     *,
     train_on_prompt: bool = False,
+    main_weight: float = 1.0,
 ) -> LaidOut:
+    """`main_weight`: loss weight of the main thread's labels (topics, list markers, the sync decision, the text
+    around the chunks) relative to the chunks' (1). The main thread's tokens are few, but they carry the structure."""
     eos = tokenizer.eos_token_id if eos_id is None else eos_id
     program = forced_program(tokenizer, annotated, eos_id=eos)
     decoding = Decoding(
@@ -51,13 +55,17 @@ def layout_example(
     )
     token_ids: list[int] = []
     labels: list[int] = []
+    weights: list[float] = []
     while not decoding.done:
         inputs = decoding.next_inputs()
         token_ids.extend(inputs.token_ids)
         labels.extend([IGNORE] * len(inputs.token_ids))
+        weights.extend([0.0] * len(inputs.token_ids))
+        threads = decoding.sampler_threads
         taken = decoding.advance([eos] * len(inputs.logit_rows))  # the teacher overrides these
-        for row, token in zip(inputs.logit_rows, taken):
+        for row, token, thread in zip(inputs.logit_rows, taken, threads):
             labels[inputs.slots[row]] = token
+            weights[inputs.slots[row]] = main_weight if thread == 0 else 1.0
     n = len(token_ids)
     if train_on_prompt:
         labels[: len(prompt_ids) - 1] = token_ids[1 : len(prompt_ids)]
@@ -67,6 +75,7 @@ def layout_example(
         attention_mask=decoding.layout.full_mask()[:n, :n],
         labels=torch.tensor(labels, dtype=torch.long),
         prompt_length=len(prompt_ids),
+        weights=None if main_weight == 1.0 else torch.tensor(weights, dtype=torch.float),
     )
 
 
@@ -78,13 +87,19 @@ def collate(examples: list[LaidOut], pad_id: int = 0) -> dict[str, torch.Tensor]
     position_ids = torch.zeros((batch, longest), dtype=torch.long)
     labels = torch.full((batch, longest), IGNORE, dtype=torch.long)
     mask = torch.eye(longest, dtype=torch.bool).repeat(batch, 1, 1)
+    weighted = any(e.weights is not None for e in examples)
+    weights = torch.zeros((batch, longest), dtype=torch.float)
     for b, e in enumerate(examples):
         n = len(e)
         input_ids[b, :n] = e.input_ids
         position_ids[b, :n] = e.position_ids
         labels[b, :n] = e.labels
         mask[b, :n, :n] = e.attention_mask
-    return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask[:, None], "labels": labels}
+        weights[b, :n] = e.weights if e.weights is not None else (e.labels != IGNORE).float()
+    out = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask[:, None], "labels": labels}
+    if weighted:
+        out["weights"] = weights
+    return out
 
 
 def forward_laid_out(model, batch: dict[str, torch.Tensor]):
@@ -114,6 +129,12 @@ def sequence_logprob(model, laid_out: LaidOut | list[LaidOut], pad_id: int = 0) 
 
 
 def causal_lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean token cross-entropy over labelled positions (the SFT loss)."""
+    """Mean token cross-entropy over labelled positions (the SFT loss); weighted mean when the batch has weights."""
     logits = forward_laid_out(model, batch).logits.float()
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"].reshape(-1), ignore_index=IGNORE)
+    flat = logits.reshape(-1, logits.size(-1))
+    labels = batch["labels"].reshape(-1)
+    if "weights" not in batch:
+        return F.cross_entropy(flat, labels, ignore_index=IGNORE)
+    weights = batch["weights"].reshape(-1).to(flat.device)
+    losses = F.cross_entropy(flat, labels, ignore_index=IGNORE, reduction="none")
+    return (losses * weights).sum() / weights.sum().clamp(min=1e-9)

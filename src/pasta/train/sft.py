@@ -53,6 +53,7 @@ class SFTConfig:
     reserve_factor: float = 2.0
     default_tokens: int = 64
     fixed_reserve: int | None = None
+    main_loss_weight: float = 1.0  # loss weight of the main thread's tokens relative to the chunks'
     torch_threads: int | None = None
     extra: dict = field(default_factory=dict)
 
@@ -66,6 +67,8 @@ class SFTConfig:
             raise ValueError("lora_r, batch_size and grad_accum must be >= 1")
         if not (self.learning_rate > 0):
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not (self.main_loss_weight > 0):
+            raise ValueError(f"main_loss_weight must be > 0, got {self.main_loss_weight}")
         if self.annotated_fraction is not None and not (0 <= self.annotated_fraction <= 1):
             raise ValueError(f"annotated_fraction must be in [0, 1], got {self.annotated_fraction}")
         if self.max_length < 16:
@@ -127,7 +130,8 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
             if len(prompt_ids) > config.max_prompt_tokens:
                 stats["too_long"] += 1
                 continue
-            laid = layout_example(tokenizer, prompt_ids, row["annotated"], config.layout)
+            laid = layout_example(tokenizer, prompt_ids, row["annotated"], config.layout,
+                                  main_weight=config.main_loss_weight)
             if len(laid) > config.max_length:
                 stats["too_long"] += 1
                 continue
