@@ -56,6 +56,8 @@ RUNS: dict[str, tuple[str, list[str], list[str]]] = {
                          ["data/sft-sharegpt-v3c3.jsonl"],
                          ["--max-steps", "120", *BASE, "--plain-data", "data/sft-distill-v3c3.jsonl",
                           "--main-loss-weight", "4"]),
+    "r12-v3-long": ("r9 trained 6x longer (720 steps)",
+                    ["data/sft-sharegpt-v3.jsonl"], ["--max-steps", "720", *BASE, *DISTILL_PLAIN]),
     "r8-full-ft": ("r2 as a full fine-tune (lr 5e-5) instead of LoRA", SHAREGPT_V2,
                    ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--full", "--lr", "5e-5"]),
 }

