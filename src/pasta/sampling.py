@@ -7,10 +7,16 @@ from dataclasses import dataclass
 
 import torch
 
+# Temperatures below this are greedy (vLLM's convention): dividing logits by 1e-40 overflows to inf/nan, and a
+# distribution that sharp is the argmax anyway.
+GREEDY_BELOW = 1e-5
+# Seeds a client may send: the signed or unsigned 64-bit range (torch's generators take 64 bits).
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.0  # 0 = greedy
+    temperature: float = 0.0  # 0 (or below GREEDY_BELOW) = greedy
     top_p: float = 1.0
     seed: int | None = None
 
@@ -19,16 +25,19 @@ class SamplingParams:
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
         if not (0 < self.top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not SEED_MIN <= self.seed <= SEED_MAX):
+            raise ValueError(f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {self.seed!r}")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
     def generator(self) -> torch.Generator | None:
         if self.greedy:
             return None
         gen = torch.Generator()
-        gen.manual_seed(self.seed if self.seed is not None else torch.seed())
+        gen.manual_seed(self.seed % 2**64 if self.seed is not None else torch.seed())
         return gen
 
 

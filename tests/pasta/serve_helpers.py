@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -12,6 +13,7 @@ from tiny import ByteTokenizer, tiny_model
 
 from pasta.interpreter import Interpreter
 from pasta.serve.app import create_app
+from pasta.serve.cli import uvicorn_config
 from pasta.serve.config import ServeConfig
 
 
@@ -41,8 +43,9 @@ class RunningServer:
     def __init__(self, interpreter: Interpreter, config: ServeConfig) -> None:
         self.port = free_port()
         self.app = create_app(interpreter, config)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error",
-                                                    lifespan="on"))
+        # The same uvicorn settings as `pasta serve` (graceful-shutdown bound included).
+        config = dataclasses.replace(config, host="127.0.0.1", port=self.port)
+        self.server = uvicorn.Server(uvicorn_config(self.app, config, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

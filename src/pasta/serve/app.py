@@ -26,7 +26,7 @@ from ..interpreter import Interpreter
 from ..sampling import SamplingParams
 from .batch import BatchConfig, BatchEngine
 from .config import ServeConfig
-from .scheduler import Job, QueueFull, Scheduler
+from .scheduler import EngineDown, Job, QueueFull, Scheduler
 from .schemas import APIError, ChatRequest, CompletionRequest, Message, validation_error
 
 OWNER = "pasta"  # /v1/models `owned_by`: lets a client (the remote backend) recognise a Pasta server
@@ -47,7 +47,7 @@ def chat_prompt_ids(tokenizer, messages: list[Message]) -> list[int]:
 def create_app(interpreter: Interpreter, config: ServeConfig | None = None) -> FastAPI:
     config = config or ServeConfig()
     engine = BatchEngine(interpreter.model, BatchConfig(max_batch=config.max_batch))
-    scheduler = Scheduler(engine, max_queue=config.max_queue)
+    scheduler = Scheduler(engine, max_queue=config.max_queue, stuck_after_s=config.stuck_after_s)
     model_name = config.served_model_name or interpreter.name
     created = int(time.time())
 
@@ -57,7 +57,7 @@ def create_app(interpreter: Interpreter, config: ServeConfig | None = None) -> F
         try:
             yield
         finally:
-            scheduler.stop()
+            scheduler.stop(timeout=config.shutdown_timeout_s)
 
     app = FastAPI(title="pasta serve", lifespan=lifespan)
     app.state.scheduler = scheduler
@@ -80,7 +80,11 @@ def create_app(interpreter: Interpreter, config: ServeConfig | None = None) -> F
     # -- routes ------------------------------------------------------------------------------------------------
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name, **scheduler.stats()}
+        stats = scheduler.stats()
+        body = {"status": stats["engine"], "model": model_name, **stats}
+        if scheduler.fatal is not None:
+            body["error"] = repr(scheduler.fatal)
+        return JSONResponse(body, status_code=200 if stats["engine"] == "ok" else 503)
 
     @app.get("/v1/models")
     async def models():
@@ -114,13 +118,24 @@ def create_app(interpreter: Interpreter, config: ServeConfig | None = None) -> F
 
     # -- helpers -----------------------------------------------------------------------------------------------
     async def _parse(request: Request, schema):
+        media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            raise APIError(415, f"unsupported Content-Type {media!r}: send the body as JSON with "
+                                "'Content-Type: application/json'", code="unsupported_media_type")
         raw = await request.body()
         try:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise APIError(400, f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from exc
+        except RecursionError as exc:
+            raise APIError(400, "We could not parse the JSON body of your request: it is nested too deeply",
+                           code="invalid_json") from exc
         if not isinstance(data, dict):
             raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+        where = _lone_surrogate(data)
+        if where is not None:
+            raise APIError(400, f"Invalid value for '{where}': the string contains a lone UTF-16 surrogate, which is "
+                                "not text (it cannot be encoded as UTF-8)", param=where, code="invalid_value")
         try:
             body = schema.model_validate(data)
         except ValidationError as exc:
@@ -155,6 +170,8 @@ def create_app(interpreter: Interpreter, config: ServeConfig | None = None) -> F
         except QueueFull as exc:
             raise APIError(429, str(exc), type="rate_limit_error", code="rate_limit_exceeded",
                            headers={"Retry-After": "1"}) from exc
+        except EngineDown as exc:
+            raise APIError(503, str(exc), type="server_error", code="engine_unavailable") from exc
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if body.stream:
             include_usage = body.stream_options.include_usage if body.stream_options else True
@@ -174,8 +191,8 @@ def create_app(interpreter: Interpreter, config: ServeConfig | None = None) -> F
                     text.append(payload)
                 elif kind == "error":
                     raise APIError(500, f"decoding failed: {payload}", type="server_error")
-                elif kind == "cancelled":
-                    raise APIError(503, "the request was cancelled", type="server_error")
+                elif kind in ("cancelled", "unavailable"):
+                    raise APIError(503, payload or "the request was cancelled", type="server_error")
                 else:
                     return _response(rid, chat, payload)
         except asyncio.CancelledError:
@@ -224,7 +241,7 @@ def create_app(interpreter: Interpreter, config: ServeConfig | None = None) -> F
                     yield chunk(None if chat else "", finish=payload["finish_reason"], **extra)
                     break
                 else:
-                    message = f"decoding failed: {payload}" if kind == "error" else "the request was cancelled"
+                    message = f"decoding failed: {payload}" if kind == "error" else payload or "the request was cancelled"
                     yield f"data: {json.dumps(APIError(500, message, type='server_error').body())}\n\n"
                     break
             yield "data: [DONE]\n\n"
@@ -233,6 +250,24 @@ def create_app(interpreter: Interpreter, config: ServeConfig | None = None) -> F
                 scheduler.cancel(job)
 
     return app
+
+
+def _lone_surrogate(data: Any) -> str | None:
+    """The dotted path of the first string holding a lone surrogate ("\\ud800" is valid JSON, not text).
+    Iterative: the body may be nested as deep as the JSON parser allows."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return path or None
+        elif isinstance(value, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}" if path else str(i), v) for i, v in enumerate(value))
+    return None
 
 
 def _vocab_size(interpreter: Interpreter) -> int:

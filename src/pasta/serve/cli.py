@@ -49,8 +49,17 @@ def run_serve(args) -> int:
     app = create_app(interpreter, config)
     print(f"pasta serve: {config.served_model_name or interpreter.name} on http://{config.host}:{config.port}/v1 "
           f"(max batch {config.max_batch}, {'sequential' if config.sequential else 'async'})", flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level)
+    uvicorn.Server(uvicorn_config(app, config, log_level=args.log_level)).run()
     return 0
+
+
+def uvicorn_config(app, config, *, log_level: str = "warning"):
+    """How `pasta serve` runs under uvicorn; SIGTERM waits at most `shutdown_timeout_s` for open requests (then
+    cancels them), and the engine at most as long again."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level, lifespan="on",
+                          timeout_graceful_shutdown=config.shutdown_timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:

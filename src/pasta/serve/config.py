@@ -18,6 +18,8 @@ class ServeConfig:
     max_threads: int = 8  # async chunks of one request decoding at once
     sequential: bool = False  # default decoding mode; a request may override it
     served_model_name: str | None = None  # what /v1/models lists (default: the model's own name)
+    stuck_after_s: float = 120.0  # /health says "stuck" (503) when one engine step has run this long
+    shutdown_timeout_s: float = 10.0  # SIGTERM: wait this long for open requests, then as long for the engine
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -28,5 +30,8 @@ class ServeConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not isinstance(self.max_queue, int) or self.max_queue < 0:
             raise ValueError(f"max_queue must be an integer >= 0, got {self.max_queue!r}")
+        for name in ("stuck_after_s", "shutdown_timeout_s"):
+            if not isinstance(getattr(self, name), int | float) or not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r}")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("default_max_tokens must be <= max_tokens_limit")

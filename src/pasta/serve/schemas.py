@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..sampling import SEED_MAX, SEED_MIN
+
 
 class APIError(Exception):
     """An error answered as {"error": {"message", "type", "param", "code"}}."""
@@ -61,7 +63,7 @@ class _Common(_Strict):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)  # greedy unless asked
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)  # 64 bits, signed or not
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
