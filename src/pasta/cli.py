@@ -40,6 +40,19 @@ def _add_generate(sub) -> None:
     p.set_defaults(func=_run_generate)
 
 
+def _read_teacher(path: str) -> str:
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--teacher {path}: {'is a folder' if p.is_dir() else 'no such file'}; expected a text file "
+                         "holding an annotated answer")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"--teacher {path}: not UTF-8 text (byte {exc.start})") from None
+
+
 def _run_generate(args) -> int:
     from .decoding import DecodeLimits
     from .interpreter import Interpreter
@@ -49,12 +62,9 @@ def _run_generate(args) -> int:
         return _print_remote(generate_from_args(args), args)
     limits = DecodeLimits(args.max_new_tokens, args.max_thread_tokens, args.max_threads)
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    teacher = _read_teacher(args.teacher) if args.teacher else None  # before the model loads: fail fast
     adapter = False if args.no_adapter else (args.adapter or True)
     interp = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter, limits=limits)
-    teacher = None
-    if args.teacher:
-        with open(args.teacher, encoding="utf-8") as f:
-            teacher = f.read()
     result = interp.generate(
         args.prompt, sampling=sampling, mode="sequential" if args.sequential else "async", teacher=teacher,
         chat=not args.raw,
@@ -119,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:
         print(f"pasta {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # unreadable path (a folder, no permission): name it, no traceback
+        print(f"pasta {args.command}: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -35,6 +35,12 @@ def _frac_or_step(v: str) -> float:
 def cmd_schedule(a) -> int:
     from .schedule import PruningSchedule, schedule_from_compute_fractions
 
+    for name in ("prunable_params", "non_prunable_params", "tokens_per_step"):
+        value = getattr(a, name)
+        if value is not None and (value < 0 or (name == "tokens_per_step" and value == 0)):
+            raise ValueError(f"--{name.replace('_', '-')} must be {'> 0' if name == 'tokens_per_step' else '>= 0'}, "
+                             f"got {value}")
+
     if a.start_fraction is not None or a.end_fraction is not None:
         s = schedule_from_compute_fractions(a.total_steps, a.sparsity, a.start_fraction or 0.25,
                                             a.end_fraction or 0.75, a.frequency, a.kind)
@@ -99,8 +105,15 @@ def cmd_plan(a) -> int:
     from .plan import best_plan, frontier, plot_frontier
 
     if a.coefficients:
-        coef = json.loads(open(a.coefficients).read())
-        coef = coef.get("coefficients", coef)
+        try:
+            with open(a.coefficients, encoding="utf-8") as f:
+                coef = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{a.coefficients}: not a JSON file of coefficients: {e}") from None
+        coef = coef.get("coefficients", coef) if isinstance(coef, dict) else coef
+        missing = [k for k in ("E", "A", "alpha", "B", "beta") if not isinstance(coef, dict) or k not in coef]
+        if missing:
+            raise ValueError(f"{a.coefficients}: missing coefficient(s) {missing}")
     elif a.runs:
         from . import law as L
         coef = L.fit(L.read_runs(a.runs), "avg").coefficients
@@ -218,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         return a.fn(a)
     except ValueError as e:
         print(f"sparsellm {a.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that cannot be read: name it, no traceback
+        print(f"sparsellm {a.cmd}: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
 
 

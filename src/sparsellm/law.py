@@ -102,16 +102,25 @@ def read_runs(path: str | Path) -> Runs:
     p = Path(path)
     if not p.exists():
         raise ValueError(f"{path}: no such file")
-    with open(p, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; need at least {list(REQUIRED)}")
-        rows = list(reader)
+    if p.is_dir():  # a sweep folder: its runs.csv
+        if not (p / "runs.csv").is_file():
+            raise ValueError(f"{path}: is a folder without a runs.csv; give the runs CSV (columns {list(REQUIRED)})")
+        p = p / "runs.csv"
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{p}: missing column(s) {missing}; need at least {list(REQUIRED)}")
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{p}: not UTF-8 text (byte {e.start}); is this the runs CSV?") from None
+    except csv.Error as e:
+        raise ValueError(f"{p}: not a readable CSV: {e}") from None
     try:
         return Runs.from_rows(rows)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise ValueError(f"{p}: {e}") from None
 
 
 # ---- law forms ----------------------------------------------------------------------------------
@@ -268,8 +277,9 @@ def fit(runs: Runs, law: str | Law = "avg", delta: float = 1e-3, n_starts: int =
         extra_starts: list[np.ndarray] | None = None) -> Fit:
     """Huber-on-log-residuals fit; L-BFGS from the ``n_starts`` best grid points (plus ``extra_starts``)."""
     L = get_law(law) if isinstance(law, str) else law
-    if len(runs) < len(L.param_names) // 2:
-        raise ValueError(f"{len(runs)} runs are too few to fit the {L.name} law")
+    if len(runs) < len(L.param_names):  # fewer points than coefficients: any answer fits, none means anything
+        raise ValueError(f"{len(runs)} runs are too few to fit the {L.name} law's {len(L.param_names)} coefficients "
+                         f"(need at least {len(L.param_names)})")
     X = L.features(runs)
     logy = torch.tensor(np.log(runs.loss))
 

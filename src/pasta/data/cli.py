@@ -83,6 +83,11 @@ def run_annotate(args: argparse.Namespace) -> int:
     examples = list(load_examples(args.source, limit=args.limit, exclude_eval=not args.include_eval_prompts,
                                   stats=stats_src))
     progress = not getattr(args, "no_progress", False)
+    if not examples and stats_src.skipped:  # nothing usable: say so, and fail (a script must not carry on)
+        first = stats_src.bad[0]
+        print(f"error: every one of the {stats_src.rows} rows of {args.source} is bad ({stats_src.skipped} skipped); "
+              f"first: {first}", file=sys.stderr)
+        return 2
 
     if args.annotator == "structural":
         from pasta.data.annotate_structural import StructuralConfig, annotate_structural_examples
@@ -106,6 +111,9 @@ def run_annotate(args: argparse.Namespace) -> int:
           f"{stats_src.excluded_eval} eval prompts excluded")
     print(f"annotate: {stats.summary()}")
     print(f"output: {args.out}\nrejects: {rejects}")
+    if stats.total and not stats.accepted and not stats.skipped_done:
+        print(f"error: no example was accepted ({stats.rejected} rejected; reasons in {rejects})", file=sys.stderr)
+        return 2
     return 0
 
 

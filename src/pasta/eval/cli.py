@@ -88,6 +88,7 @@ def config_from_args(args) -> EvalConfig:
 
 
 def run_eval_command(args) -> int:
+    from ..jsonl import read_json
     from .prompts import load_prompts
     from .runner import check_run_config, load_systems, run_eval
 
@@ -101,7 +102,10 @@ def run_eval_command(args) -> int:
         label, _, path = spec.partition("=")
         if not path:
             label, path = Path(spec).parent.name, spec
-        compare.append((label, json.loads(Path(path).read_text())))
+        summary = read_json(path, "summary.json of an earlier `pasta eval` run")
+        if not isinstance(summary, dict):
+            raise ValueError(f"{path}: expected the summary.json object of an earlier `pasta eval` run")
+        compare.append((label, summary))
     items = load_prompts(config.prompts, config.limit)  # bad prompt files fail before any model loads
     check_run_config(Path(config.out), config)
     systems = load_systems(config)

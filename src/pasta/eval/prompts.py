@@ -12,9 +12,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-from ..jsonl import jsonl_lines
 from typing import Any
+
+from ..jsonl import jsonl_lines, read_json
 
 __all__ = ["PromptItem", "load_prompts", "ALPACA_EVAL"]
 
@@ -65,6 +65,8 @@ def load_prompts(spec: str, limit: int | None = None) -> list[PromptItem]:
             rows.append((f"alpaca_eval:{k}", text, dataset))
     else:
         path = Path(spec)
+        if path.is_dir():
+            raise ValueError(f"prompt set {spec!r}: is a folder; give 'alpaca_eval' or a .jsonl / .json file of prompts")
         if not path.is_file():
             raise FileNotFoundError(f"prompt set {spec!r}: not 'alpaca_eval' and no such file")
         stem = path.stem
@@ -74,10 +76,7 @@ def load_prompts(spec: str, limit: int | None = None) -> list[PromptItem]:
                     raise ValueError(f"{path}:{line_no}: invalid JSON ({row.msg})")
                 rows.append(_item(row, f"{path}:{line_no}", stem))
         else:
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+            data = read_json(path, "JSON list of prompts")
             if isinstance(data, dict):
                 data = data.get("prompts", data.get("data"))
             if not isinstance(data, list):

@@ -70,7 +70,7 @@ def win_rate(preferences: Sequence[float]) -> tuple[float, float]:
     if p.size == 0:
         raise ValueError("win_rate: no preferences")
     if np.any((p < 0) | (p > 1)) or not np.all(np.isfinite(p)):
-        raise ValueError("win_rate: preferences must be in [0, 1]")
+        raise ValueError(f"win_rate: preferences must be numbers in [0, 1], got {p.tolist()}")
     se = float(p.std(ddof=1) / math.sqrt(p.size)) if p.size > 1 else 0.0
     return 100 * float(p.mean()), 100 * se
 
@@ -97,8 +97,10 @@ def length_controlled_win_rate(preferences: Sequence[float], length_diffs: Seque
     if p.size == 0 or p.size != d.size:
         raise ValueError(f"length_controlled_win_rate: need as many length differences as preferences "
                          f"({d.size} vs {p.size}), at least one")
-    if np.any((p < 0) | (p > 1)):
-        raise ValueError("length_controlled_win_rate: preferences must be in [0, 1]")
+    if not np.all(np.isfinite(p)) or np.any((p < 0) | (p > 1)):  # NaN fails every comparison: check it apart
+        raise ValueError(f"length_controlled_win_rate: preferences must be numbers in [0, 1], got {p.tolist()}")
+    if not np.all(np.isfinite(d)):
+        raise ValueError(f"length_controlled_win_rate: length differences must be finite, got {d.tolist()}")
     scale = float(d.std()) if d.size > 1 and d.std() > 0 else 1.0
     x = np.stack([np.ones_like(d), np.tanh(d / scale)], axis=1)
     reg = np.array([l2_intercept, l2_length])
