@@ -102,6 +102,7 @@ class Pruner:
         self.density_sum = 0.0  # sum over tracked steps of the density each step trained with
         self.steps_tracked = 0
         self.events_done = 0
+        self.mask_disagreements = 0  # under DDP: mask entries this rank chose unlike rank 0 (see _sync_masks)
 
     # ---- tracking -----------------------------------------------------------------------------
     @property
@@ -201,7 +202,11 @@ class Pruner:
         """Under DDP, rank 0's masks are the masks (they should already agree; this makes it certain)."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             for m in self.masks.values():
+                local = m.clone()
                 dist.broadcast(m, src=0)
+                # Masks this rank chose differently from rank 0: should stay 0 (the weights are equal); a test
+                # and a user can check it, since the broadcast alone would hide a desynchronised run.
+                self.mask_disagreements += int((local != m).sum())
 
     @torch.no_grad()
     def zero_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:

@@ -49,7 +49,7 @@ def _assert_same(a: Sequence, b: Sequence):
     assert a.status == b.status == "done"
     assert a.result.annotated == b.result.annotated
     assert a.result.text == b.result.text
-    assert len(a.logits) == len(b.logits)
+    assert len(a.logits) == len(b.logits) > 0
     for (ta, la), (tb, lb) in zip(a.logits, b.logits):
         assert ta == tb
         torch.testing.assert_close(la, lb, atol=1e-4, rtol=1e-4)
@@ -70,6 +70,7 @@ def test_concurrent_equals_alone(family):
     together = [engine.add(_seq(interp, req)) for req in reqs]
     engine.run_all()
     assert engine.pool.used == 0  # every page came back
+    assert len(alone) == len(together) == len(reqs)
     for a, b in zip(alone, together):
         _assert_same(a, b)
 
@@ -84,6 +85,7 @@ def test_batched_equals_single_request_interpreter():
         ref = interp.generate(req["prompt"], teacher=req["teacher"], sampling=req["sampling"],
                               mode=req.get("mode", "async"), record_logits=True)
         assert seq.result.annotated == ref.annotated
+        assert len(seq.logits) == len(ref.logits) > 0
         for (ta, la), (tb, lb) in zip(seq.logits, ref.logits):
             assert ta == tb
             torch.testing.assert_close(la, lb, atol=1e-4, rtol=1e-4)
@@ -115,5 +117,6 @@ def test_join_leave_cancel_and_failure_do_not_disturb_others():
         engine.step()
     assert not engine.has_work and engine.pool.used == 0
     assert broken.status == "failed" and "boom" in str(broken.error)
+    assert len(seqs) == 4
     for seq, ref in zip(seqs, [alone[0], alone[1], alone[2], alone[5]]):
         _assert_same(seq, ref)

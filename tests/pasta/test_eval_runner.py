@@ -135,16 +135,41 @@ def test_expansion_respects_the_total_budget(systems):
     assert exp.sampled == [3, 2, 2]  # rows are taken in order within the step that hits the budget
 
 
-def test_skeleton_of_thought_on_a_tiny_model(systems):
-    res = skeleton_of_thought(systems.original, "q?", limits=DecodeLimits(max_new_tokens=20, max_thread_tokens=5),
+def _forced_skeleton(interp, monkeypatch, body: str):
+    """Make the skeleton call (SoT's first generate) write `body` after "1.", whatever the random model prefers."""
+    real = interp.generate
+    calls = []
+
+    def generate(prompt, **kw):
+        calls.append(prompt)
+        if len(calls) == 1:
+            kw["teacher"] = body
+        return real(prompt, **kw)
+
+    monkeypatch.setattr(interp, "generate", generate)
+    return calls
+
+
+def test_skeleton_of_thought_expands_each_point(systems, monkeypatch):
+    interp = systems.original
+    calls = _forced_skeleton(interp, monkeypatch, " Sleep\n2. Food\n3. Walk\n")
+    res = skeleton_of_thought(interp, "q?", limits=DecodeLimits(max_new_tokens=60, max_thread_tokens=5),
+                              skeleton_tokens=40)
+    assert not res.fallback and len(calls) == 1  # no plain decoding
+    assert [p for _, p in res.points] == ["Sleep", "Food", "Walk"]
+    assert res.text.startswith("1. Sleep") and "\n2. Food" in res.text and "\n3. Walk" in res.text
+    assert res.critical_path < res.tokens <= 60  # three points decoded side by side
+    assert res.steps < res.tokens
+
+
+def test_skeleton_of_thought_falls_back_without_points(systems, monkeypatch):
+    interp = systems.original
+    calls = _forced_skeleton(interp, monkeypatch, " ")
+    res = skeleton_of_thought(interp, "q?", limits=DecodeLimits(max_new_tokens=30, max_thread_tokens=5),
                               skeleton_tokens=8)
-    assert res.skeleton.startswith("1.")
-    assert res.tokens <= 20
-    assert res.truncated == (res.tokens >= 20 or any("max_thread_tokens" in w for w in res.warnings))
-    if res.fallback:
-        assert res.critical_path == res.tokens
-    else:
-        assert res.critical_path < res.tokens or len(res.points) == 1
+    assert res.fallback and res.points == [] and len(calls) == 2  # the skeleton, then the plain answer
+    assert "no numbered point" in res.warnings[0]
+    assert res.critical_path == res.tokens <= 30
 
 
 # ---- the pipeline ------------------------------------------------------------------------------------------------

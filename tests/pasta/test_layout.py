@@ -22,8 +22,11 @@ op = st.one_of(
 
 def run(program, prompt=3):
     layout = Layout(prompt, LayoutConfig(reserve_factor=1.5, default_tokens=4, max_reserve=20))
-    # Declarative attributes of every slot.
+    # Declarative attributes of every slot, and its position by the docstring's rules (counted here, not read back).
     attrs = [("prompt", None, None)] * prompt
+    expected_positions = list(range(prompt))
+    main_next = prompt  # the main thread's next position
+    chunk_next: dict[int, int] = {}  # chunk -> its next position
     epoch, main_ordinal = 0, 0
     chunks: list[int] = []  # layout ids of forked chunks
     fork_info: dict[int, tuple[int, int]] = {}  # chunk -> (main ordinal at fork, epoch at fork)
@@ -36,16 +39,21 @@ def run(program, prompt=3):
                 epoch += 1
                 for c in joined:
                     join_epoch[c] = epoch
+                    main_next = max(main_next, chunk_next[c])  # one past the last position of any joined chunk
             count = operation[1] if operation[0] == "main" else 1
             for _ in range(count):
                 layout.append(MAIN, 1)
                 main_ordinal += 1
                 attrs.append(("main", main_ordinal, epoch))
+                expected_positions.append(main_next)
+                main_next += 1
             if operation[0] == "fork":
                 c = layout.fork(operation[1])
                 chunks.append(c)
                 fork_info[c] = (main_ordinal, epoch)
                 chunk_ordinal[c] = 0
+                chunk_next[c] = main_next  # right after the token that ended the promise
+                main_next += layout.config.reservation(operation[1])  # the promise's reserved position ids
         elif chunks:
             c = chunks[operation[1] % len(chunks)]
             if c in join_epoch:
@@ -54,6 +62,9 @@ def run(program, prompt=3):
                 layout.append(c, 1)
                 chunk_ordinal[c] += 1
                 attrs.append((c, chunk_ordinal[c], None))
+                expected_positions.append(chunk_next[c])
+                chunk_next[c] += 1
+    layout.expected_positions = expected_positions  # for the position test
     return layout, attrs, fork_info, join_epoch
 
 
@@ -93,6 +104,7 @@ def test_visibility_matches_declarative_rules(program):
 def test_positions_follow_reservations(program):
     layout, attrs, fork_info, join_epoch = run(program)
     config = layout.config
+    assert layout.positions == layout.expected_positions  # every slot, exactly
     main_positions = [layout.positions[s] for s in layout.threads[MAIN].slots]
     assert all(b > a for a, b in zip(main_positions, main_positions[1:]))  # the main thread only moves forward
     for c, thread in layout.threads.items():

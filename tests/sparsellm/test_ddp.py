@@ -29,7 +29,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     res = run_training(cfg)
     torch.save({"masks": {n: m.bool() for n, m in res.pruner.masks.items()},
                 "weights": {k: v.clone() for k, v in res.model.state_dict().items()},
-                "summary": res.summary}, f"{out}/rank{rank}.pt")
+                "summary": res.summary, "disagreements": res.pruner.mask_disagreements,
+                "events": res.pruner.events_done}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -41,6 +42,10 @@ def test_ddp_masks_identical_across_ranks(tmp_path):
     assert r0["summary"]["world_size"] == 2
     assert r0["summary"]["tokens"] == 16 * 2 * 2 * 32
     assert r0["summary"]["final_density"] == pytest.approx(0.3, abs=1e-4)
+    # Rank 0's masks are broadcast, so equal masks alone prove nothing: each rank's own choice must already agree
+    # (its weights equal rank 0's after every all-reduced step, though the two ranks trained on different batches).
+    assert r0["events"] == r1["events"] > 0
+    assert r1["disagreements"] == 0 and r0["disagreements"] == 0
     for n in r0["masks"]:
         assert torch.equal(r0["masks"][n], r1["masks"][n]), n
     for k in r0["weights"]:
