@@ -61,7 +61,12 @@ def _run_generate(args) -> int:
     if args.backend == "openai":
         return _print_remote(generate_from_args(args), args)
     limits = DecodeLimits(args.max_new_tokens, args.max_thread_tokens, args.max_threads)
-    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    seed = args.seed
+    if seed is None and args.compare and args.temperature > 0:  # one seed for both runs: the same answer, sampled
+        import random
+
+        seed = random.getrandbits(63)
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=seed)
     teacher = _read_teacher(args.teacher) if args.teacher else None  # before the model loads: fail fast
     adapter = False if args.no_adapter else (args.adapter or True)
     interp = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter, limits=limits)
@@ -79,6 +84,8 @@ def _run_generate(args) -> int:
         if sequential is not None:
             out["sequential_wall_s"] = sequential.stats.wall_s
             out["wall_speedup"] = sequential.stats.wall_s / max(result.stats.wall_s, 1e-9)
+            out["same_answer"] = sequential.annotated == result.annotated
+            out["seed"] = seed
         print(json.dumps(out, ensure_ascii=False))
         return 0
     s = result.stats
@@ -91,8 +98,11 @@ def _run_generate(args) -> int:
         file=sys.stderr,
     )
     if sequential is not None:
-        print(f"[sequential decoding of the same answer: {sequential.stats.wall_s:.1f}s -> measured speedup "
-              f"{sequential.stats.wall_s / max(s.wall_s, 1e-9):.2f}x]", file=sys.stderr)
+        same = sequential.annotated == result.annotated
+        print(f"[sequential decoding{' (seed ' + str(seed) + ')' if seed is not None else ''}: "
+              f"{'the same answer' if same else 'a different answer (rounding differs between the modes)'}, "
+              f"{sequential.stats.wall_s:.1f}s -> measured speedup {sequential.stats.wall_s / max(s.wall_s, 1e-9):.2f}x]",
+              file=sys.stderr)
     if s.warnings:
         print("warnings: " + "; ".join(s.warnings), file=sys.stderr)
     return 0

@@ -114,7 +114,7 @@ class Decoding:
         limits: DecodeLimits | None = None,
         mode: Mode = "async",
         forced_main: list[int] | None = None,
-        forced_chunks: list[list[int]] | None = None,
+        forced_chunks: list[list[int] | None] | None = None,
     ) -> None:
         if not prompt_ids:
             raise ValueError("empty prompt: a request needs at least one prompt token")
@@ -202,9 +202,12 @@ class Decoding:
             self.warnings.append(f"promise {promise.raw!r}: unusable tokens attribute; default reservation")
         layout_id = self.layout.fork(tokens)
         index = len(self.threads)
-        forced = self._forced_chunks[index - 1] if index - 1 < len(self._forced_chunks) else None
-        if self._teacher and forced is None:  # the teacher has no body for this promise: an empty chunk
+        if index - 1 < len(self._forced_chunks):
+            forced = self._forced_chunks[index - 1]  # None: this chunk is sampled (only the main thread is forced)
+        elif self._teacher:  # the teacher has no body for this promise: an empty chunk
             forced = list(self.async_open_ids) + self.tokenizer.encode(ASYNC_CLOSE, add_special_tokens=False)
+        else:
+            forced = None
         thread = _Thread(
             trace=ThreadTrace(
                 id=index, kind="async", topic=promise.topic, predicted_tokens=promise.tokens,

@@ -160,7 +160,7 @@ class Interpreter:
     ) -> GenerationResult:
         """Drive a prepared `Decoding` to the end: one forward pass per step over one KV cache."""
         sampling = sampling or SamplingParams()
-        generator = sampling.generator()
+        streams = sampling.streams()
         cache = self.runner.new_cache()
         result_logprobs: list[tuple[int, int, float]] = []
         recorded: list[tuple[list[int], torch.Tensor]] = []
@@ -170,7 +170,7 @@ class Interpreter:
             inputs = decoding.next_inputs()
             logits = self.runner.forward(cache, inputs, decoding.layout.positions)
             threads = decoding.sampler_threads
-            taken = decoding.advance(sample(logits, sampling, generator))
+            taken = decoding.advance(sample(logits, sampling, streams, threads))
             if forced:
                 logprobs = torch.log_softmax(logits, dim=-1)
                 for row, (thread, token) in enumerate(zip(threads, taken)):

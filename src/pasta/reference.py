@@ -33,7 +33,7 @@ def reference_generate(
 ) -> list[tuple[list[int], torch.Tensor]]:
     """Run `decoding` to the end with full recomputation. Returns per step (thread indices, logits)."""
     sampling = sampling or SamplingParams()
-    generator = sampling.generator()
+    streams = sampling.streams()
     token_ids: list[int] = []
     trace: list[tuple[list[int], torch.Tensor]] = []
     while not decoding.done:
@@ -44,5 +44,5 @@ def reference_generate(
         rows = [inputs.slots[i] for i in inputs.logit_rows]
         logits = logits_all[rows]
         trace.append((decoding.sampler_threads, logits))
-        decoding.advance(sample(logits, sampling, generator))
+        decoding.advance(sample(logits, sampling, streams, decoding.sampler_threads))
     return trace

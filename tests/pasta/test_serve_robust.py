@@ -109,14 +109,14 @@ def test_non_json_content_type_is_415_and_json_variants_pass(client):
 def test_failure_on_admission_fails_only_that_request(client, monkeypatch):
     good = chat("healthy", max_tokens=10)
     expected = client.post("/v1/chat/completions", json=good).json()["choices"][0]["message"]["content"]
-    real = sampling.SamplingParams.generator
+    real = sampling.SamplingParams.streams
 
-    def generator(self):
+    def streams(self):
         if self.seed == 13:
             raise OverflowError("injected: cannot seed")
         return real(self)
 
-    monkeypatch.setattr(sampling.SamplingParams, "generator", generator)
+    monkeypatch.setattr(sampling.SamplingParams, "streams", streams)
 
     async def main():
         async with httpx.AsyncClient(base_url=client.base_url, timeout=60) as c:

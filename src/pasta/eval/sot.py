@@ -112,7 +112,7 @@ def expand_points(interp, requests: list[list[int]], *, sampling: SamplingParams
     if not requests or any(not r for r in requests):
         raise ValueError("expand_points needs at least one non-empty request")
     sampling = sampling or SamplingParams()
-    generator = sampling.generator()
+    streams = sampling.streams()  # one stream per point, as if each were decoded alone
     runner = interp.runner
     eos = interp.eos_ids
     shared = min(_common_prefix(requests), min(len(r) for r in requests) - 1)
@@ -150,7 +150,7 @@ def expand_points(interp, requests: list[list[int]], *, sampling: SamplingParams
     while running:
         logits = runner.forward(cache, StepInputs(step_tokens, step_slots, step_pos, step_rows, logit_rows), positions)
         steps += 1
-        chosen = sample(logits, sampling, generator)
+        chosen = sample(logits, sampling, streams, running)
         still: list[int] = []
         for i, token in zip(running, chosen):
             if max_total is not None and total >= max_total:

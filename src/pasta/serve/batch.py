@@ -4,7 +4,7 @@ Each request is a `Decoding` (the same state machine the single-request interpre
 the shared `SlotCache`. A step asks every running request for its `StepInputs`, maps its request-local slots to
 global slots, stacks all tokens into one sequence (batch 1, no padding) and builds one [q, kv] mask that is
 block-diagonal by request: a query row can only be true on its own request's slots. Logits are split back and
-each request samples with its own parameters and generator. Requests join and leave between steps (continuous
+each request samples with its own parameters and random streams. Requests join and leave between steps (continuous
 batching); a finished or cancelled request's pages go back to the pool at once.
 
 The engine is confined to one thread (the model is not thread-safe); `pasta.serve.scheduler` feeds it.
@@ -22,7 +22,7 @@ import torch
 from ..decoding import Decoding
 from ..engine import ModelRunner, model_attention_mask
 from ..interpreter import GenerationResult, build_stats
-from ..sampling import SamplingParams, sample
+from ..sampling import RandomStreams, SamplingParams, sample
 from ..slot_cache import PagePool, PageTable, SlotCache, SlotCacheConfig
 
 
@@ -58,7 +58,7 @@ class Sequence:
     logits: list[tuple[list[int], torch.Tensor]] = field(default_factory=list)
     started: float = 0.0
     table: PageTable | None = None
-    generator: torch.Generator | None = None
+    streams: RandomStreams | None = None
     stop_requested: bool = False  # e.g. a stop string was produced: finish at the next step boundary
 
     @property
@@ -80,7 +80,7 @@ class BatchEngine:
     # -- membership ----------------------------------------------------------------------------------------------
     def add(self, seq: Sequence) -> Sequence:
         seq.status = "waiting"
-        seq.generator = seq.sampling.generator()
+        seq.streams = seq.sampling.streams()
         self.waiting.append(seq)
         return seq
 
@@ -164,7 +164,7 @@ class BatchEngine:
             offset += len(inputs.logit_rows)
             try:
                 threads = seq.decoding.sampler_threads
-                seq.decoding.advance(sample(rows, seq.sampling, seq.generator))
+                seq.decoding.advance(sample(rows, seq.sampling, seq.streams, threads))
                 if seq.record_logits:
                     seq.logits.append((threads, rows.clone()))
             except Exception as exc:
