@@ -380,40 +380,56 @@ class PrefTrainer:
 
     # -- training ---------------------------------------------------------------------------------------------------
     def train_round(self, round_no: int, pairs: list[dict]) -> list[dict]:
+        """BoNBoN on the round's pairs. Under torchrun every rank holds every pair and the same shuffled schedule;
+        a micro-batch is `batch_size * world` pairs dealt round-robin to the ranks, and every rank takes part in
+        every gradient all-reduce and optimizer step, even with no pair of its own in a micro-batch (fewer pairs
+        than ranks). The loss is scaled by the pairs in the accumulation window, so N ranks x batch B computes
+        exactly what one process with batch N*B does."""
         cfg = self.config
         laid = []
         for p in pairs:
             b, w = self.laid_out(p["prompt"], p["chosen"]), self.laid_out(p["prompt"], p["rejected"])
             if max(len(b), len(w)) <= cfg.max_length:
                 laid.append((b, w))
-        laid = laid[self.rank::self.world]
+        rng = random.Random(cfg.seed + round_no)
+        per_micro = cfg.batch_size * self.world
+        schedule = []  # per epoch: windows of micro-batches of pair indices (identical on every rank)
+        for _ in range(cfg.epochs):
+            order = list(range(len(laid)))
+            rng.shuffle(order)
+            micro = [order[i:i + per_micro] for i in range(0, len(order), per_micro)]
+            schedule.append([micro[i:i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)])
+        mine = sorted({i for epoch in schedule for window in epoch for m in window for i in m[self.rank::self.world]})
         self.policy.eval()
-        ref = torch.stack([torch.stack([self.reference_logprob(b), self.reference_logprob(w)]) for b, w in laid]) \
-            if laid else torch.zeros(0, 2)
+        ref = {i: torch.stack([self.reference_logprob(laid[i][0]), self.reference_logprob(laid[i][1])]) for i in mine}
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
         self.policy.train()
         history = []
-        rng = random.Random(cfg.seed + round_no)
-        order = list(range(len(laid)))
         step = 0
-        for epoch in range(cfg.epochs):
-            rng.shuffle(order)
-            batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-            for k, batch in enumerate(batches):
-                loss = self.pair_loss([laid[i] for i in batch], ref[batch])
-                (loss / cfg.grad_accum).backward()
-                if (k + 1) % cfg.grad_accum == 0 or k + 1 == len(batches):
-                    if self.world > 1:
-                        for p in params:
-                            if p.grad is not None:
-                                torch.distributed.all_reduce(p.grad)
-                                p.grad /= self.world
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                history.append({"round": round_no, "epoch": epoch, "batch": k, "step": step, "loss": float(loss.detach())})
-                log.info("round %d epoch %d batch %d/%d: loss %.4f", round_no, epoch, k + 1, len(batches), float(loss.detach()))
+        for epoch, windows in enumerate(schedule):
+            batch_no = 0
+            for window in windows:
+                total = sum(len(m) for m in window)
+                for micro in window:
+                    own = micro[self.rank::self.world]
+                    batch_no += 1
+                    if not own:
+                        continue
+                    loss = self.pair_loss([laid[i] for i in own], torch.stack([ref[i] for i in own]))
+                    (loss * len(own) / total).backward()
+                    history.append({"round": round_no, "epoch": epoch, "batch": batch_no, "step": step + 1,
+                                    "loss": float(loss.detach()), "pairs": len(own)})
+                    log.info("round %d epoch %d batch %d: loss %.4f (%d pairs)", round_no, epoch, batch_no,
+                             float(loss.detach()), len(own))
+                if self.world > 1:
+                    for p in params:  # every rank reduces every parameter: the collectives always match
+                        if p.grad is None:
+                            p.grad = torch.zeros_like(p)
+                        torch.distributed.all_reduce(p.grad)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
         self.policy.eval()
         return history
 
