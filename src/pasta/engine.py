@@ -22,12 +22,18 @@ class StepInputs:
     logit_rows: list[int]  # indices into token_ids whose next-token logits are wanted
 
 
-def _sliding_window(config) -> int | None:
-    layer_types = getattr(config, "layer_types", None) or []
+def _sliding_window(config) -> tuple[int, bool] | None:
+    """(window, per_layer) or None. Two conventions exist in Hugging Face models: configs with `layer_types` (Gemma
+    2/3, Qwen2/3, Cohere 2, GPT-OSS, ...) take a dict of masks keyed by layer type; configs without it (Mistral,
+    Mixtral, Phi-3, Starcoder2, ...) apply `sliding_window` to every layer through one mask. Either way a 4-D mask
+    we pass is used as given, so the window must be in it."""
     window = getattr(config, "sliding_window", None)
-    if window and "sliding_attention" in layer_types:
-        return int(window)
-    return None
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return (int(window), True) if "sliding_attention" in layer_types else None
+    return int(window), False
 
 
 def model_attention_mask(
@@ -35,8 +41,10 @@ def model_attention_mask(
 ) -> torch.Tensor | dict[str, torch.Tensor]:
     """What to pass as `attention_mask` for a visibility mask [B, 1, q, k] (bool, True = attend).
 
-    Eager attention wants an additive float mask. Models with sliding-window layers (Gemma 2/3, ...) get a dict
-    with the window applied by *position*, since in a Pasta layout cache order is not position order.
+    Eager attention wants an additive float mask. Sliding windows are applied by *position*, since in a Pasta
+    layout cache order is not position order: a dict by layer type for models with `layer_types` (Gemma 2/3,
+    Qwen2 with `use_sliding_window`, ...), the windowed mask itself for models that window every layer (Mistral,
+    Phi-3, ...).
     Used by the engine, the naive oracle and the training collator alike."""
     config = model.config
     dtype = next(model.parameters()).dtype
@@ -48,12 +56,16 @@ def model_attention_mask(
             return torch.zeros(m.shape, dtype=dtype, device=device).masked_fill(~m, torch.finfo(dtype).min)
         return m
 
-    window = _sliding_window(config)
-    if window is None:
+    sliding = _sliding_window(config)
+    if sliding is None:
         return convert(mask)
+    window, per_layer = sliding
     q = q_positions.reshape(mask.shape[0], 1, -1, 1).to(mask.device)
     k = k_positions.reshape(mask.shape[0], 1, 1, -1).to(mask.device)
-    return {"full_attention": convert(mask), "sliding_attention": convert(mask & (q - k < window))}
+    windowed = mask & (q - k < window)  # by position: in a Pasta layout cache order is not position order
+    if not per_layer:
+        return convert(windowed)
+    return {"full_attention": convert(mask), "sliding_attention": convert(windowed)}
 
 
 class ModelRunner:

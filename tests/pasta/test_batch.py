@@ -55,7 +55,7 @@ def _assert_same(a: Sequence, b: Sequence):
         torch.testing.assert_close(la, lb, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", "gemma3", "mistral"])
 def test_concurrent_equals_alone(family):
     interp = Interpreter(tiny_model(family), TOK, limits=DecodeLimits(max_new_tokens=48))
     reqs = _requests(interp)

@@ -20,7 +20,7 @@ ANSWERS = [
 ]
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3", "mistral"])
 @pytest.mark.parametrize("answer", range(len(ANSWERS)))
 def test_collator_logprobs_equal_teacher_forced_interpreter(family, answer):
     config = LayoutConfig(reserve_factor=3.0, default_tokens=7)

@@ -40,7 +40,7 @@ def _assert_same_trace(engine_trace, oracle_trace, atol=1e-4):
         torch.testing.assert_close(logits_a, logits_b, atol=atol, rtol=1e-4, msg=f"step {step}")
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma", "gemma3", "mistral", "phi3"])
 @pytest.mark.parametrize("teacher", sorted(TEACHERS))
 def test_engine_matches_oracle_teacher_forced(family, teacher):
     interp = _interp(family)

@@ -27,7 +27,7 @@ class ByteTokenizer:
         return {"input_ids": self.encode(text, add_special_tokens)}
 
 
-def tiny_model(family: str = "llama", seed: int = 0, vocab: int = 259, dtype=torch.float32):
+def tiny_model(family: str = "llama", seed: int = 0, vocab: int = 259, dtype=torch.float32, attn: str = "sdpa"):
     from transformers import AutoModelForCausalLM, GemmaConfig, LlamaConfig, Qwen2Config, Gemma3TextConfig
 
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -42,9 +42,19 @@ def tiny_model(family: str = "llama", seed: int = 0, vocab: int = 259, dtype=tor
     elif family == "gemma3":
         # Sliding-window layers with a small window, so the window actually cuts.
         config = Gemma3TextConfig(**common, head_dim=16, sliding_window=24, layer_types=["sliding_attention", "full_attention"])
+    elif family == "mistral":  # one window for every layer, no `layer_types`
+        from transformers import MistralConfig
+
+        config = MistralConfig(**common, sliding_window=8)
+    elif family == "phi3":
+        from transformers import Phi3Config
+
+        config = Phi3Config(**common, sliding_window=8)
+    elif family == "qwen2-sliding":  # `layer_types` from use_sliding_window / max_window_layers
+        config = Qwen2Config(**common, use_sliding_window=True, sliding_window=8, max_window_layers=1)
     else:
         raise ValueError(family)
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = attn
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
