@@ -30,6 +30,7 @@ import torch
 
 from .detok import IncrementalDetokenizer
 from .engine import StepInputs
+from .forcing import encode_piece
 from .lang import ASYNC_CLOSE, ASYNC_OPEN, SYNC, AsyncClose, AsyncOpen, Promise, Recognizer, Sync, Text, render, topic_key
 from .layout import MAIN, Layout, LayoutConfig
 
@@ -126,7 +127,7 @@ class Decoding:
         self.limits = limits or DecodeLimits()
         self.mode = mode
         self.layout = Layout(len(prompt_ids), layout_config)
-        self.async_open_ids = tokenizer.encode(ASYNC_OPEN, add_special_tokens=False)
+        self.async_open_ids = encode_piece(tokenizer, ASYNC_OPEN)
         self.threads: list[_Thread] = [
             _Thread(trace=ThreadTrace(id=0, kind="main", start_step=1), layout_id=MAIN,
                     detok=IncrementalDetokenizer(tokenizer), forced=forced_main)
@@ -141,7 +142,7 @@ class Decoding:
         self._samplers: list[int] = []  # thread index per logit row of the last step
         self._main_markers: list[tuple[str, int, int]] = []  # (fork|sync, main token ordinal, chunk index)
         self.guards: list[str] = []  # runtime guards that fired, in order
-        self.sync_ids = tokenizer.encode(SYNC, add_special_tokens=False)
+        self.sync_ids = encode_piece(tokenizer, SYNC)
         self._topics: set[str] = set()
         self._promises = 0
         self._since_sync = 0
@@ -205,7 +206,7 @@ class Decoding:
         if index - 1 < len(self._forced_chunks):
             forced = self._forced_chunks[index - 1]  # None: this chunk is sampled (only the main thread is forced)
         elif self._teacher:  # the teacher has no body for this promise: an empty chunk
-            forced = list(self.async_open_ids) + self.tokenizer.encode(ASYNC_CLOSE, add_special_tokens=False)
+            forced = list(self.async_open_ids) + encode_piece(self.tokenizer, ASYNC_CLOSE)
         else:
             forced = None
         thread = _Thread(
