@@ -7,6 +7,12 @@ same N concurrent streaming clients against each, and reports requests/s, tokens
 every response was complete (200, streamed to `[DONE]`, a finish reason, usage, text equal to the non-streamed
 reference's length in tokens). Bounded: at most --requests requests per server and --time-limit seconds overall.
 Greedy decoding, so the two servers' texts are also compared (`same_text_ratio`; float32 makes them identical).
+
+    python bench/serve.py --hol --long-prompt-tokens 4000 --json
+
+Head-of-line blocking instead: a streaming request with a long prompt (token ids), then 0.5 s later a short one;
+reports the short request's time to first token with chunked prefill (`--prefill-chunk`, default 128) and without
+(0), side by side.
 """
 
 from __future__ import annotations
@@ -43,11 +49,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args, max_batch: int, port: int) -> subprocess.Popen:
+def start_server(args, max_batch: int, port: int, extra: list[str] = ()) -> subprocess.Popen:
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "pasta.serve", "--host", "127.0.0.1", "--port", str(port), "--max-batch",
            str(max_batch), "--max-queue", str(args.clients * 2), "--threads", str(args.threads), "--dtype", args.dtype,
            "--max-tokens-limit", str(max(args.max_tokens, 16))]
+    cmd += list(extra)
     if args.model:
         cmd += ["--model", args.model]
     if not args.adapter:
@@ -142,6 +149,43 @@ def run_mode(args, max_batch: int, deadline: float) -> dict:
             proc.kill()
 
 
+async def head_of_line(url: str, model: str, args) -> dict:
+    """TTFT of a short request sent 0.5 s after a long prompt started prefilling."""
+    long_ids = [100 + (i * 37) % 1000 for i in range(args.long_prompt_tokens)]
+
+    async def stream(client, body) -> dict:
+        started = time.perf_counter()
+        first = None
+        async with client.stream("POST", "/v1/completions", json={**body, "model": model, "stream": True}) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: {") and json.loads(line[6:])["choices"][0].get("text"):
+                    first = first or time.perf_counter()
+        return {"ttft_s": (first or time.perf_counter()) - started, "latency_s": time.perf_counter() - started}
+
+    async with httpx.AsyncClient(base_url=url, timeout=args.time_limit) as client:
+        long_task = asyncio.create_task(stream(client, {"prompt": long_ids, "max_tokens": 4, "temperature": 0}))
+        await asyncio.sleep(0.5)
+        short = await stream(client, {"prompt": "Hello, how are", "max_tokens": 4, "temperature": 0})
+        long = await long_task
+    return {"short_ttft_s": short["ttft_s"], "long_latency_s": long["latency_s"]}
+
+
+def run_hol(args, prefill_chunk: int, deadline: float) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(args, 8, port, ["--prefill-chunk", str(prefill_chunk)])
+    try:
+        model = wait_ready(proc, url, deadline)
+        asyncio.run(one_request_warmup(url, model))
+        return asyncio.run(head_of_line(url, model, args))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 async def one_request_warmup(url: str, model: str) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         await one_request(client, model, "Hi", 4)
@@ -158,10 +202,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads of the server (1: robust on a shared machine)")
     p.add_argument("--time-limit", type=float, default=900, help="seconds for the whole benchmark")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--hol", action="store_true", help="measure head-of-line blocking under a long prefill instead")
+    p.add_argument("--long-prompt-tokens", type=int, default=4000)
+    p.add_argument("--prefill-chunk", type=int, default=128)
     args = p.parse_args(argv)
     if min(args.clients, args.requests, args.max_tokens, args.threads) < 1:
         p.error("--clients, --requests, --max-tokens and --threads must be >= 1")
     deadline = time.monotonic() + args.time_limit
+    if args.hol:
+        chunked = run_hol(args, args.prefill_chunk, deadline)
+        unchunked = run_hol(args, 0, deadline)
+        report = {"long_prompt_tokens": args.long_prompt_tokens, "prefill_chunk": args.prefill_chunk,
+                  "threads": args.threads, "dtype": args.dtype, "chunked": chunked, "unchunked": unchunked,
+                  "short_ttft_ratio": unchunked["short_ttft_s"] / max(chunked["short_ttft_s"], 1e-9)}
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print(f"short request sent 0.5 s into a {args.long_prompt_tokens}-token prefill: time to first token "
+                  f"{chunked['short_ttft_s']:.2f}s with --prefill-chunk {args.prefill_chunk}, "
+                  f"{unchunked['short_ttft_s']:.2f}s without")
+        return 0
     batched = run_mode(args, args.clients, deadline)
     single = run_mode(args, 1, deadline)
     same = [batched["texts"].get(i) == t for i, t in single["texts"].items() if i in batched["texts"]]

@@ -139,6 +139,7 @@ class Decoding:
         self.warnings: list[str] = []
         self.done = False
         self._prefilled = False
+        self._prefill_at = 0  # prompt tokens already fed (chunked prefill)
         self._samplers: list[int] = []  # thread index per logit row of the last step
         self._main_markers: list[tuple[str, int, int]] = []  # (fork|sync, main token ordinal, chunk index)
         self.guards: list[str] = []  # runtime guards that fired, in order
@@ -150,17 +151,26 @@ class Decoding:
         self._main_idle_sync = False  # the main thread's last tag was a <sync/>, with no text since
 
     # -- stepping -------------------------------------------------------------------------------------------
-    def next_inputs(self) -> StepInputs:
-        """Choose and lay out the tokens of the next forward pass."""
+    def next_inputs(self, max_prefill: int | None = None) -> StepInputs:
+        """Choose and lay out the tokens of the next forward pass. `max_prefill`: feed a long prompt in pieces of at
+        most this many tokens (chunked prefill, so one long prompt does not stall a server's other requests); the
+        pieces before the last sample nothing (`advance([])`) and are not decoding steps."""
         if self.done:
             raise RuntimeError("decoding is finished")
-        self.steps += 1
         if not self._prefilled:
+            n, start = len(self.prompt_ids), self._prefill_at
+            end = n if max_prefill is None else min(n, start + max(1, max_prefill))
+            self._prefill_at = end
+            rows = [torch.ones(i + 1, dtype=torch.bool) for i in range(start, end)]
+            span = list(range(start, end))
+            if end < n:
+                self._samplers = []
+                return StepInputs(self.prompt_ids[start:end], span, list(span), rows, [])
             self._prefilled = True
-            n = len(self.prompt_ids)
-            rows = [torch.ones(i + 1, dtype=torch.bool) for i in range(n)]
+            self.steps += 1
             self._samplers = [0]
-            return StepInputs(list(self.prompt_ids), list(range(n)), list(range(n)), rows, [n - 1])
+            return StepInputs(self.prompt_ids[start:end], span, list(span), rows, [end - start - 1])
+        self.steps += 1
         inputs = StepInputs([], [], [], [], [])
         self._samplers = []
         main = self.threads[0]

@@ -46,7 +46,7 @@ def chat_prompt_ids(tokenizer, messages: list[Message]) -> list[int]:
 
 def create_app(interpreter: Interpreter, config: ServeConfig | None = None) -> FastAPI:
     config = config or ServeConfig()
-    engine = BatchEngine(interpreter.model, BatchConfig(max_batch=config.max_batch))
+    engine = BatchEngine(interpreter.model, BatchConfig(max_batch=config.max_batch, prefill_chunk=config.prefill_chunk))
     scheduler = Scheduler(engine, max_queue=config.max_queue, stuck_after_s=config.stuck_after_s)
     model_name = config.served_model_name or interpreter.name
     created = int(time.time())

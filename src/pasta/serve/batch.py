@@ -30,6 +30,9 @@ from ..slot_cache import PagePool, PageTable, SlotCache, SlotCacheConfig
 class BatchConfig:
     max_batch: int = 8  # requests decoding together; 1 = one request at a time
     max_step_tokens: int = 4096  # a joining request's prefill waits if the step would exceed this (one always runs)
+    # Chunked prefill: a prompt enters the cache at most this many tokens per step, so a long prompt does not stall
+    # the other requests' decoding for its whole prefill (None: the whole prompt in one step).
+    prefill_chunk: int | None = 128
     cache: SlotCacheConfig = field(default_factory=SlotCacheConfig)
 
     def __post_init__(self) -> None:
@@ -37,6 +40,8 @@ class BatchConfig:
             raise ValueError(f"max_batch must be a positive integer, got {self.max_batch!r}")
         if not isinstance(self.max_step_tokens, int) or self.max_step_tokens < 1:
             raise ValueError(f"max_step_tokens must be a positive integer, got {self.max_step_tokens!r}")
+        if self.prefill_chunk is not None and (not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 1):
+            raise ValueError(f"prefill_chunk must be a positive integer or None, got {self.prefill_chunk!r}")
 
 
 _ids = itertools.count(1)
@@ -76,6 +81,7 @@ class BatchEngine:
         self.running: list[Sequence] = []
         self.waiting: list[Sequence] = []
         self.steps = 0
+        self.tokens_fed = 0  # tokens through the model so far (prefill pieces included): the work behind the steps
 
     # -- membership ----------------------------------------------------------------------------------------------
     def add(self, seq: Sequence) -> Sequence:
@@ -99,6 +105,8 @@ class BatchEngine:
         while self.waiting and len(self.running) < self.config.max_batch:
             seq = self.waiting[0]
             need = len(seq.decoding.prompt_ids)
+            if self.config.prefill_chunk is not None:
+                need = min(need, self.config.prefill_chunk)
             if self.running and need > budget:
                 break  # its prefill would make this step too long; it joins at a later step
             self.waiting.pop(0)
@@ -143,7 +151,7 @@ class BatchEngine:
         batch: list[tuple[Sequence, object, torch.Tensor]] = []
         for seq in list(self.running):
             try:
-                inputs = seq.decoding.next_inputs()
+                inputs = seq.decoding.next_inputs(self.config.prefill_chunk)
                 seq.table.ensure(inputs.slots[-1] + 1)
                 batch.append((seq, inputs, seq.table.global_slots(inputs.slots)))
             except Exception as exc:  # one request's failure (a bug, or the cache is full) stays its own
@@ -165,7 +173,7 @@ class BatchEngine:
             try:
                 threads = seq.decoding.sampler_threads
                 seq.decoding.advance(sample(rows, seq.sampling, seq.streams, threads))
-                if seq.record_logits:
+                if seq.record_logits and threads:  # (a prefill piece samples nothing)
                     seq.logits.append((threads, rows.clone()))
             except Exception as exc:
                 self._retire(seq, "failed", exc)
@@ -201,6 +209,7 @@ class BatchEngine:
             logit_rows.extend(start + r for r in inputs.logit_rows)
             token_ids.extend(inputs.token_ids)
             positions.extend(inputs.positions)
+        self.tokens_fed += len(token_ids)
         position_tensor = torch.tensor(positions, dtype=torch.long)
         self._key_positions[write] = position_tensor
         runner = self.runner
@@ -213,7 +222,7 @@ class BatchEngine:
             position_ids=position_tensor[None].to(runner.device),
             attention_mask=attention_mask,
             use_cache=True,
-            logits_to_keep=torch.tensor(logit_rows, device=runner.device),
+            logits_to_keep=torch.tensor(logit_rows, dtype=torch.long, device=runner.device),
             **{runner._cache_kwarg: self.cache},
         )
         return out.logits[0].float()

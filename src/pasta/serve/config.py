@@ -18,6 +18,7 @@ class ServeConfig:
     max_threads: int = 8  # async chunks of one request decoding at once
     sequential: bool = False  # default decoding mode; a request may override it
     served_model_name: str | None = None  # what /v1/models lists (default: the model's own name)
+    prefill_chunk: int | None = 128  # prompt tokens per step while prefilling (None: a whole prompt in one step)
     stuck_after_s: float = 120.0  # /health says "stuck" (503) when one engine step has run this long
     shutdown_timeout_s: float = 10.0  # SIGTERM: wait this long for open requests, then as long for the engine
 
@@ -30,6 +31,8 @@ class ServeConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not isinstance(self.max_queue, int) or self.max_queue < 0:
             raise ValueError(f"max_queue must be an integer >= 0, got {self.max_queue!r}")
+        if self.prefill_chunk is not None and (not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 1):
+            raise ValueError(f"prefill_chunk must be a positive integer or None, got {self.prefill_chunk!r}")
         for name in ("stuck_after_s", "shutdown_timeout_s"):
             if not isinstance(getattr(self, name), int | float) or not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r}")
