@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -133,20 +134,27 @@ async def load(url: str, model: str, args, deadline: float) -> dict:
     }
 
 
-def run_mode(args, max_batch: int, deadline: float) -> dict:
+@contextlib.contextmanager
+def running_server(args, max_batch: int, deadline: float, extra: list[str] = ()):
+    """A warmed-up server on a free loopback port: yields (url, model name); stops it afterwards."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_server(args, max_batch, port)
+    proc = start_server(args, max_batch, port, extra)
     try:
         model = wait_ready(proc, url, deadline)
         asyncio.run(one_request_warmup(url, model))
-        return asyncio.run(load(url, model, args, deadline))
+        yield url, model
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def run_mode(args, max_batch: int, deadline: float) -> dict:
+    with running_server(args, max_batch, deadline) as (url, model):
+        return asyncio.run(load(url, model, args, deadline))
 
 
 async def head_of_line(url: str, model: str, args) -> dict:
@@ -171,19 +179,8 @@ async def head_of_line(url: str, model: str, args) -> dict:
 
 
 def run_hol(args, prefill_chunk: int, deadline: float) -> dict:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(args, 8, port, ["--prefill-chunk", str(prefill_chunk)])
-    try:
-        model = wait_ready(proc, url, deadline)
-        asyncio.run(one_request_warmup(url, model))
+    with running_server(args, 8, deadline, ["--prefill-chunk", str(prefill_chunk)]) as (url, model):
         return asyncio.run(head_of_line(url, model, args))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 async def one_request_warmup(url: str, model: str) -> None:
