@@ -146,3 +146,64 @@ def test_chunked_prefill_is_exact_and_lets_short_requests_through():
     assert long_a.decoding.steps == long_b.decoding.steps  # prefill pieces are not decoding steps
     assert work_a >= len(long_prompt)  # unchunked: the short request waits for the whole long prefill
     assert work_b <= 16 + len(short_prompt)  # chunked: one piece
+
+
+def _bf16_requests(interp):
+    reqs = _requests(interp)
+    reqs.append(dict(prompt=interp.prompt_ids("another free one, longer " * 3), teacher=None, sampling=SamplingParams()))
+    return reqs
+
+
+def test_batch_invariant_mode_is_bitwise_the_request_alone_in_bf16():
+    """With `batch_invariant`, every answer and every logit equals decoding the request alone with the
+    interpreter, bit for bit, in bf16 and with requests joining mid-way."""
+    interp = Interpreter(tiny_model("llama", dtype=torch.bfloat16), TOK, limits=DecodeLimits(max_new_tokens=40))
+    reqs = _bf16_requests(interp)
+    engine = BatchEngine(interp.model, BatchConfig(max_batch=4, batch_invariant=True))
+    seqs = [engine.add(_seq(interp, r)) for r in reqs[:3]]
+    engine.step()
+    engine.step()
+    seqs += [engine.add(_seq(interp, r)) for r in reqs[3:]]
+    engine.run_all()
+    for req, seq in zip(reqs, seqs, strict=True):
+        alone = interp.generate(req["prompt"], teacher=req["teacher"], sampling=req["sampling"],
+                                mode=req.get("mode", "async"), record_logits=True)
+        assert seq.status == "done" and seq.result.annotated == alone.annotated
+        assert len(seq.logits) == len(alone.logits) > 0
+        for (ta, la), (tb, lb) in zip(seq.logits, alone.logits):
+            assert ta == tb and torch.equal(la, lb)
+
+
+def test_default_mode_no_token_crosses_requests_in_bf16(monkeypatch):
+    """What the shared forward pass guarantees in any dtype: a request's rows of the step mask are true only on its
+    own slots (its page table), so no request ever attends to another's tokens."""
+    from pasta.serve import batch as batch_module
+
+    interp = Interpreter(tiny_model("llama", dtype=torch.bfloat16), TOK, limits=DecodeLimits(max_new_tokens=30))
+    engine = BatchEngine(interp.model, BatchConfig(max_batch=8, cache=SlotCacheConfig(page_size=8, initial_pages=2)))
+    captured = []
+    real_mask, real_forward = batch_module.model_attention_mask, engine._forward
+
+    def forward(batch):
+        captured.append({"spans": [(seq, len(inputs.rows), set(seq.table.prefix(inputs.slots[-1] + 1).tolist()))
+                                   for seq, inputs, _ in batch]})
+        return real_forward(batch)
+
+    def mask_spy(model, mask, *a, **k):
+        captured[-1]["mask"] = mask[0, 0].clone()
+        return real_mask(model, mask, *a, **k)
+
+    monkeypatch.setattr(batch_module, "model_attention_mask", mask_spy)
+    engine._forward = forward
+    seqs = [engine.add(_seq(interp, r)) for r in _bf16_requests(interp)]
+    engine.run_all()
+    assert all(s.status == "done" for s in seqs)
+    multi = 0
+    for step in captured:
+        mask, start = step["mask"], 0
+        multi += len(step["spans"]) > 1
+        for seq, n_rows, own in step["spans"]:
+            reached = set(torch.nonzero(mask[start : start + n_rows].any(dim=0)).flatten().tolist())
+            assert reached and reached <= own, (seq.id, sorted(reached - own)[:5])
+            start += n_rows
+    assert multi > 5  # requests really shared steps

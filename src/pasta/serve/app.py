@@ -46,7 +46,8 @@ def chat_prompt_ids(tokenizer, messages: list[Message]) -> list[int]:
 
 def create_app(interpreter: Interpreter, config: ServeConfig | None = None) -> FastAPI:
     config = config or ServeConfig()
-    engine = BatchEngine(interpreter.model, BatchConfig(max_batch=config.max_batch, prefill_chunk=config.prefill_chunk))
+    engine = BatchEngine(interpreter.model, BatchConfig(max_batch=config.max_batch, prefill_chunk=config.prefill_chunk,
+                                                          batch_invariant=config.batch_invariant))
     scheduler = Scheduler(engine, max_queue=config.max_queue, stuck_after_s=config.stuck_after_s)
     model_name = config.served_model_name or interpreter.name
     created = int(time.time())

@@ -33,6 +33,11 @@ class BatchConfig:
     # Chunked prefill: a prompt enters the cache at most this many tokens per step, so a long prompt does not stall
     # the other requests' decoding for its whole prefill (None: the whole prompt in one step).
     prefill_chunk: int | None = 128
+    # Batch-invariant mode: every request gets its own cache and its own forward pass, exactly as `Interpreter.run`
+    # decodes it alone, so its answer is bitwise independent of what else is in flight (in any dtype). Costs the
+    # batching speedup, and prefill is not chunked. Off: one shared forward pass; no token ever crosses requests
+    # (the mask is block-diagonal), but in bf16 the numerics of a shared pass can change a greedy choice.
+    batch_invariant: bool = False
     cache: SlotCacheConfig = field(default_factory=SlotCacheConfig)
 
     def __post_init__(self) -> None:
@@ -65,6 +70,7 @@ class Sequence:
     table: PageTable | None = None
     streams: RandomStreams | None = None
     stop_requested: bool = False  # e.g. a stop string was produced: finish at the next step boundary
+    cache: object | None = None  # batch-invariant mode: this request's own KV cache
 
     @property
     def finished(self) -> bool:
@@ -113,7 +119,10 @@ class BatchEngine:
             budget -= need
             seq.status = "running"
             seq.started = time.perf_counter()
-            seq.table = PageTable(self.pool)
+            if self.config.batch_invariant:
+                seq.cache = self.runner.new_cache()
+            else:
+                seq.table = PageTable(self.pool)
             self.running.append(seq)
 
     def _retire(self, seq: Sequence, status: str, error: BaseException | None = None) -> None:
@@ -148,28 +157,43 @@ class BatchEngine:
         self._admit()
         if not self.running:
             return []
-        batch: list[tuple[Sequence, object, torch.Tensor]] = []
+        invariant = self.config.batch_invariant
+        batch: list[tuple[Sequence, object, torch.Tensor | None]] = []
         for seq in list(self.running):
             try:
-                inputs = seq.decoding.next_inputs(self.config.prefill_chunk)
-                seq.table.ensure(inputs.slots[-1] + 1)
-                batch.append((seq, inputs, seq.table.global_slots(inputs.slots)))
+                inputs = seq.decoding.next_inputs(None if invariant else self.config.prefill_chunk)
+                if invariant:
+                    batch.append((seq, inputs, None))
+                else:
+                    seq.table.ensure(inputs.slots[-1] + 1)
+                    batch.append((seq, inputs, seq.table.global_slots(inputs.slots)))
             except Exception as exc:  # one request's failure (a bug, or the cache is full) stays its own
                 self._retire(seq, "failed", exc)
         if not batch:
             return []
         self.steps += 1
-        try:
-            logits = self._forward(batch)
-        except Exception as exc:
-            for seq, _, _ in batch:
-                self._retire(seq, "failed", exc)
-            return [seq for seq, _, _ in batch]
         finished = []
-        offset = 0
-        for seq, inputs, _ in batch:
-            rows = logits[offset : offset + len(inputs.logit_rows)]
-            offset += len(inputs.logit_rows)
+        if invariant:  # one forward pass per request, over its own cache
+            per_request = []
+            for seq, inputs, _ in batch:
+                try:
+                    self.tokens_fed += len(inputs.token_ids)
+                    per_request.append((seq, inputs, self.runner.forward(seq.cache, inputs, seq.decoding.layout.positions)))
+                except Exception as exc:
+                    self._retire(seq, "failed", exc)
+                    finished.append(seq)
+        else:
+            try:
+                logits = self._forward(batch)
+            except Exception as exc:
+                for seq, _, _ in batch:
+                    self._retire(seq, "failed", exc)
+                return [seq for seq, _, _ in batch]
+            per_request, offset = [], 0
+            for seq, inputs, _ in batch:
+                per_request.append((seq, inputs, logits[offset : offset + len(inputs.logit_rows)]))
+                offset += len(inputs.logit_rows)
+        for seq, inputs, rows in per_request:
             try:
                 threads = seq.decoding.sampler_threads
                 seq.decoding.advance(sample(rows, seq.sampling, seq.streams, threads))

@@ -24,6 +24,9 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-threads", type=int, default=8)
     p.add_argument("--prefill-chunk", type=int, default=128,
                    help="prompt tokens per step while prefilling, so long prompts do not stall others (0: no chunking)")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="each request its own forward pass and cache: answers do not depend on other requests "
+                        "(bitwise, any dtype), at the cost of the batching speedup")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=run_serve)
@@ -45,6 +48,7 @@ def run_serve(args) -> int:
         max_tokens_limit=args.max_tokens_limit, default_max_tokens=min(args.default_max_tokens, args.max_tokens_limit),
         max_thread_tokens=args.max_thread_tokens, max_threads=args.max_threads, sequential=args.sequential,
         served_model_name=args.served_model_name, prefill_chunk=args.prefill_chunk or None,
+        batch_invariant=args.batch_invariant,
     )
     adapter = False if args.no_adapter else (args.adapter or True)
     interpreter = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter)

@@ -19,6 +19,7 @@ class ServeConfig:
     sequential: bool = False  # default decoding mode; a request may override it
     served_model_name: str | None = None  # what /v1/models lists (default: the model's own name)
     prefill_chunk: int | None = 128  # prompt tokens per step while prefilling (None: a whole prompt in one step)
+    batch_invariant: bool = False  # each request its own forward pass: answers independent of the batch, no speedup
     stuck_after_s: float = 120.0  # /health says "stuck" (503) when one engine step has run this long
     shutdown_timeout_s: float = 10.0  # SIGTERM: wait this long for open requests, then as long for the engine
 
