@@ -30,6 +30,8 @@ from pathlib import Path
 
 import httpx
 
+from pasta.subprocesses import stop
+
 PROMPTS = [
     "Give three tips for staying healthy.",
     "Explain what a hash table is.",
@@ -145,11 +147,7 @@ def running_server(args, max_batch: int, deadline: float, extra: list[str] = ())
         asyncio.run(one_request_warmup(url, model))
         yield url, model
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def run_mode(args, max_batch: int, deadline: float) -> dict:

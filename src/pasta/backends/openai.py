@@ -107,7 +107,12 @@ class RemoteInterpreter:
             raise ValueError(f"mode must be 'async' or 'sequential', got {mode!r}")
         try:
             await self._discover()
-            return await _Run(self, self.prompt_text(prompt, chat=chat), mode).run()
+            run = _Run(self, self.prompt_text(prompt, chat=chat), mode)
+            if chat and not self.config.tokenizer:
+                # Met against llama.cpp: a chat model then reads a transcript it was never trained on.
+                run.stats.warnings.append("no tokenizer given: the prompt is a plain 'role: text' transcript, not "
+                                          "the model's chat template (pass --tokenizer MODEL_DIR)")
+            return await run.run()
         finally:
             await self.client.aclose()
 
