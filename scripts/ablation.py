@@ -61,10 +61,24 @@ RUNS: dict[str, tuple[str, list[str], list[str]]] = {
     "r8-full-ft": ("r2 as a full fine-tune (lr 5e-5) instead of LoRA", SHAREGPT_V2,
                    ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--full", "--lr", "5e-5"]),
 }
+# Stage 2 rows: name -> (what it changes, `pasta train pref` arguments); evaluated like the Stage-1 rows.
+STAGE2: dict[str, tuple[str, list[str]]] = {
+    "s2-pref-r3": ("one Stage-2 round (BoNBoN, speed only: 48 ShareGPT prompts x 4 samples at T=0.8, 44 pairs, "
+                   "lr 5e-5) on r3",
+                   ["--prompts", "data/pref-prompts.jsonl", "--num-prompts", "48", "--adapter",
+                    "runs/abl/r3-plain-self-long", "--n", "4", "--temperature", "0.8", "--top-p", "0.95",
+                    "--max-new-tokens", "384", "--max-thread-tokens", "256", "--judge", "none", "--threads", "1",
+                    "--lr", "5e-5", "--alpha", "0.5"]),
+}
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 
 
 def run(name: str) -> None:
+    if name in STAGE2:
+        out = ROOT / "runs" / "abl" / name
+        subprocess.run([PY, "-m", "pasta.cli", "train", "pref", "--out", str(out), *STAGE2[name][1]], check=True, cwd=ROOT)
+        _evaluate(name, ["--adapter", str(out / "round-1" / "adapter")])
+        return
     what, data, extra = RUNS[name]
     out = ROOT / "runs" / "abl" / name
     if data:
@@ -72,6 +86,10 @@ def run(name: str) -> None:
         subprocess.run([PY, "-m", "pasta.cli", "train", "sft", "--data", *data, "--out", str(out), *COMMON, *lr, *extra],
                        check=True, cwd=ROOT)
     adapter = [] if name.startswith("r0") else ["--no-adapter"] if name == "base" else ["--adapter", str(out)]
+    _evaluate(name, adapter)
+
+
+def _evaluate(name: str, adapter: list[str]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     subprocess.run([PY, "bench/default_model.py", *DEV, *adapter, "--out", str(RESULTS / f"{name}.jsonl"),
                     "--summary", str(RESULTS / f"{name}.summary.json"), "--json"], check=True, cwd=ROOT)
@@ -123,7 +141,8 @@ def table() -> str:
     lines = ["| run | what changes | complete | uses promise | promises / answer | reaches sync | repeated topics "
              "| duplicate chunks | guards fired | theoretical speedup (complete / complete promise-using) | repetition |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, (what, _, _) in RUNS.items():
+    rows = [(name, what) for name, (what, _, _) in RUNS.items()] + [(name, what) for name, (what, _) in STAGE2.items()]
+    for name, what in rows:
         path = RESULTS / f"{name}.summary.json"
         if not path.is_file():
             continue
@@ -140,7 +159,7 @@ def table() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", choices=sorted(RUNS), action="append", default=[])
+    parser.add_argument("--run", choices=sorted([*RUNS, *STAGE2]), action="append", default=[])
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--restat", choices=sorted(RUNS), action="append", default=[],
                         help="recompute a run's statistics from its per-answer rows")
