@@ -13,6 +13,7 @@ demo: setup
 
 # One torch thread: tiny test models gain nothing from two, and two threads on a busy 2-core machine thrash.
 test: setup
+	@bash scripts/setup.sh --llamacpp
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
 
 bench: setup

@@ -1,6 +1,6 @@
 """The remote path (`--backend openai` through llama.cpp's server) against the local engine, on the same prompts.
 
-    python bench/remote.py --json            # needs .venv-llamacpp (make setup)
+    python bench/remote.py --json            # needs .venv-llamacpp (bash scripts/setup.sh --llamacpp)
 
 Both serve the embedded SmolLM2-135M-Instruct GGUF without the Pasta adapter (llama.cpp serves the Q4_1 GGUF as
 is, with its quantized kernels; the local engine dequantizes it), greedy, one thread each, one request at a time,

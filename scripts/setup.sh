@@ -18,11 +18,12 @@ if ! { [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; }; then
   echo "setup: ready ($VENV)"
 fi
 
-# llama.cpp's OpenAI-compatible server (llama-cpp-python[server], built from source: PyPI has no CPU wheel), for
-# the end-to-end test of the remote backend and the LLM annotator against an engine no one here wrote. Its own venv
-# keeps its dependencies apart from ours. Once per machine, several minutes; PASTA_SKIP_LLAMACPP=1 skips it.
+# With --llamacpp (what `make test` passes): llama.cpp's OpenAI-compatible server (llama-cpp-python[server], built
+# from source: PyPI has no CPU wheel), for the end-to-end test of the remote backend and the LLM annotator against
+# an engine no one here wrote. Its own venv keeps its dependencies apart from ours. Once per machine, several
+# minutes; PASTA_SKIP_LLAMACPP=1 skips it (and the test).
 LLAMA_VENV=${LLAMA_VENV:-.venv-llamacpp}
-if [ "${PASTA_SKIP_LLAMACPP:-0}" != "1" ]; then
+if [ "${1:-}" = "--llamacpp" ] && [ "${PASTA_SKIP_LLAMACPP:-0}" != "1" ]; then
   lstamp="$LLAMA_VENV/.setup-stamp"
   lwant=$(sha256sum requirements-llamacpp.txt | cut -c1-16)
   if ! { [ -f "$lstamp" ] && [ "$(cat "$lstamp")" = "$lwant" ]; }; then

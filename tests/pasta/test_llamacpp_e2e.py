@@ -25,7 +25,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def llama_server_url(tmp_path_factory):
     python = llamacpp_python()
-    assert python.is_file(), (f"{python} is missing: `make setup` builds llama-cpp-python[server] into "
+    assert python.is_file(), (f"{python} is missing: `bash scripts/setup.sh --llamacpp` builds llama-cpp-python[server] into "
                               ".venv-llamacpp (or set PASTA_SKIP_LLAMACPP=1)")
     with llama_server(embedded_gguf_path(), alias="smollm2", log=tmp_path_factory.mktemp("llama") / "server.log") as url:
         yield url

@@ -40,7 +40,7 @@ def llama_server(gguf: str | Path, *, alias: str = "model", n_ctx: int = 8192, t
     """Serve `gguf` on a free loopback port; yields the base URL (".../v1"); stops the server afterwards."""
     python = Path(python or llamacpp_python())
     if not python.is_file():
-        raise FileNotFoundError(f"{python}: no llama-cpp-python here; `make setup` builds it into .venv-llamacpp "
+        raise FileNotFoundError(f"{python}: no llama-cpp-python here; `bash scripts/setup.sh --llamacpp` builds it into .venv-llamacpp "
                                 "(or set PASTA_LLAMACPP_PYTHON)")
     port = _free_port()
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
