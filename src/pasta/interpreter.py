@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .chat import prompt_ids as chat_prompt_ids
 from .decoding import DecodeLimits, Decoding, Mode, ThreadTrace
 from .engine import ModelRunner, cache_length
 from .forcing import forced_program
@@ -99,20 +100,11 @@ class Interpreter:
 
     # -- prompts --------------------------------------------------------------------------------------------------
     def prompt_ids(self, prompt: str | list[dict], *, chat: bool = True) -> list[int]:
-        """Token ids of a prompt: a user message (chat template applied) or a list of chat messages; with
-        chat=False (or a model without a chat template) the text itself."""
-        if isinstance(prompt, list):
-            messages = prompt
-        elif chat and getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": prompt}]
-        else:
+        """Token ids of a prompt: a user message or a list of chat messages, through `pasta.chat` (the model's chat
+        template, or the plain-transcript fallback); with chat=False the text itself."""
+        if isinstance(prompt, str) and not chat:
             return self.tokenizer.encode(prompt, add_special_tokens=True)
-        if not messages:
-            raise ValueError("empty message list")
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return list(ids)
+        return chat_prompt_ids(self.tokenizer, prompt)
 
     # -- decoding -------------------------------------------------------------------------------------------------
     def start(

@@ -137,7 +137,8 @@ def test_local_judge_matches_direct_computation():
     model, tok = tiny_model(seed=3), ByteTokenizer()
     judge = LocalJudge(model, tok, name="tiny")
     r = judge.compare("q?", "first", "second")
-    text = "\n\n".join(m["content"] for m in judge_messages("q?", "first", "second")) + "\n"
+    # No chat template: the judge reads the same transcript every prompt path falls back to (pasta.chat).
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in judge_messages("q?", "first", "second")) + "assistant: "
     ids = tok.encode(text)
     with torch.no_grad():
         probs = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1], -1)

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..chat import prompt_text as chat_prompt_text
 from ..lang import ASYNC_CLOSE, ASYNC_OPEN, Promise, Sync, Text, parse
 from ..openai_client import OpenAIClient
 
@@ -120,17 +121,11 @@ class RemoteInterpreter:
         """The raw prompt: the chat template of `config.tokenizer` when given, else a plain transcript."""
         if isinstance(prompt, str) and not chat:
             return prompt
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        if not messages:
-            raise ValueError("empty message list")
-        if self.config.tokenizer:
-            if self._template is None:
-                from transformers import AutoTokenizer
+        if self.config.tokenizer and self._template is None:
+            from transformers import AutoTokenizer
 
-                self._template = AutoTokenizer.from_pretrained(self.config.tokenizer)
-            return self._template.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        # The same transcript `pasta serve` uses for a model without a chat template.
-        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+            self._template = AutoTokenizer.from_pretrained(self.config.tokenizer)
+        return chat_prompt_text(self._template, prompt)  # `pasta.chat`: the template, or the transcript fallback
 
     # -- requests -----------------------------------------------------------------------------------------------
     async def _discover(self) -> None:

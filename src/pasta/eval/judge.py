@@ -25,6 +25,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from ..chat import prompt_ids as chat_prompt_ids
+
 __all__ = [
     "SYSTEM_PROMPT",
     "judge_messages",
@@ -222,14 +224,7 @@ class LocalJudge:
         return sorted(ids)
 
     def prompt_ids(self, instruction: str, output_a: str, output_b: str) -> list[int]:
-        messages = judge_messages(instruction, output_a, output_b)
-        if getattr(self.tokenizer, "chat_template", None):
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
-            return list(ids)
-        text = "\n\n".join(m["content"] for m in messages) + "\n"
-        return self.tokenizer.encode(text, add_special_tokens=True)
+        return chat_prompt_ids(self.tokenizer, judge_messages(instruction, output_a, output_b))
 
     def compare(self, instruction: str, output_a: str, output_b: str) -> OrderResult:
         torch = self._torch

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..chat import prompt_ids
 from ..decoding import DecodeLimits
 from ..interpreter import Interpreter
 from ..sampling import SamplingParams
@@ -33,15 +34,8 @@ OWNER = "pasta"  # /v1/models `owned_by`: lets a client (the remote backend) rec
 
 
 def chat_prompt_ids(tokenizer, messages: list[Message]) -> list[int]:
-    """The model's chat template; a plain "role: text" transcript for a tokenizer without one."""
-    plain = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in messages]
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return list(ids)
-    text = "".join(f"{m['role']}: {m['content']}\n" for m in plain) + "assistant: "
-    return tokenizer.encode(text, add_special_tokens=True)
+    """The prompt through `pasta.chat`: the same ids SFT trained on (template, or the transcript fallback)."""
+    return prompt_ids(tokenizer, [{"role": m.role, "content": m.text()} for m in messages])
 
 
 def create_app(interpreter: Interpreter, config: ServeConfig | None = None) -> FastAPI:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..chat import prompt_ids
 from ..jsonl import jsonl_lines
 from ..lang import is_valid, to_structure
 from ..layout import LayoutConfig
@@ -103,11 +104,8 @@ def read_rows(paths: list[str]) -> list[dict]:
 
 
 def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
-    return tokenizer.encode(prompt, add_special_tokens=True)
+    """The prompt ids SFT trains on: `pasta.chat`, the same path serving uses."""
+    return prompt_ids(tokenizer, prompt)
 
 
 def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
