@@ -1,11 +1,16 @@
-"""Reading JSONL files line by line, with line numbers, so every caller can say exactly where a row is bad."""
+"""JSONL, in one place: reading line by line with line numbers (so every caller can say exactly where a row is bad),
+complete rows and done keys for resuming (a line cut short by an interruption is skipped, and that item redone),
+and a crash-safe appender that repairs a half-written last line."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
+
+log = logging.getLogger(__name__)
 
 
 def jsonl_lines(path: str | Path) -> Iterator[tuple[int, Any | json.JSONDecodeError]]:
@@ -26,6 +31,44 @@ def jsonl_lines(path: str | Path) -> Iterator[tuple[int, Any | json.JSONDecodeEr
                 yield line_no, json.loads(line)
             except json.JSONDecodeError as exc:
                 yield line_no, exc
+
+
+def read_rows(path: str | Path, *, warn: bool = False) -> list[Any]:
+    """Every parseable row of a resumable output file (none if it does not exist). A bad line is what an
+    interruption leaves: skipped (with a warning when `warn`), so that item is redone."""
+    if not Path(path).is_file():
+        return []
+    rows = []
+    for line_no, row in jsonl_lines(path):
+        if isinstance(row, json.JSONDecodeError):
+            if warn:
+                log.warning("%s:%d: unreadable line ignored (interrupted write); that item will be redone", path, line_no)
+            continue
+        rows.append(row)
+    return rows
+
+
+def read_keyed(path: str | Path, key: Callable[[Any], Any], *, warn: bool = True) -> dict[Any, Any]:
+    """Complete rows by key (a later line wins); rows without the key are skipped like cut lines."""
+    out: dict[Any, Any] = {}
+    for row in read_rows(path, warn=warn):
+        try:
+            out[key(row)] = row
+        except (KeyError, TypeError, IndexError):
+            if warn:
+                log.warning("%s: a row without its key ignored; that item will be redone", path)
+    return out
+
+
+def done_keys(paths: Iterable[str | Path], key: str = "id",
+              where: Callable[[dict], bool] | None = None) -> set[str]:
+    """Keys of the rows already written to any of `paths` (optionally only rows for which `where` holds)."""
+    done: set[str] = set()
+    for path in paths:
+        for row in read_rows(path):
+            if isinstance(row, dict) and key in row and (where is None or where(row)):
+                done.add(str(row[key]))
+    return done
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:

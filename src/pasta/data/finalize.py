@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pasta import lang
-from pasta.jsonl import open_append
+from pasta.jsonl import done_keys, open_append
 
 __all__ = [
     "REJECT_REASONS",
@@ -289,18 +289,7 @@ class AnnotateStats:
 
 
 def _read_jsonl_ids(path: Path, retry_reasons: frozenset[str] = frozenset()) -> set[str]:
-    ids: set[str] = set()
-    if not path.exists():
-        return ids
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by an interruption: that example is simply redone
-            if isinstance(row, dict) and "id" in row and row.get("reason") not in retry_reasons:
-                ids.add(str(row["id"]))
-    return ids
+    return done_keys([path], "id", where=lambda row: row.get("reason") not in retry_reasons)
 
 
 class AnnotationStore:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pasta.jsonl import jsonl_lines
+
 __all__ = [
     "Example",
     "BadRow",
@@ -244,22 +246,17 @@ def iter_jsonl(path: Path | str, stats: SourceStats | None = None, source: str |
     path = Path(path)
     stats = stats if stats is not None else SourceStats()
     source = source or path.stem
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            stats.rows += 1
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                stats.skip(path.name, line_no, f"invalid JSON ({exc.msg} at column {exc.colno})")
-                continue
-            ex = example_from_row(row, source)
-            if isinstance(ex, str):
-                stats.skip(path.name, line_no, ex)
-                continue
-            stats.kept += 1
-            yield ex
+    for line_no, row in jsonl_lines(path):  # a line that is not UTF-8 is a bad row too
+        stats.rows += 1
+        if isinstance(row, json.JSONDecodeError):
+            stats.skip(path.name, line_no, f"invalid JSON ({row.msg} at column {row.colno})")
+            continue
+        ex = example_from_row(row, source)
+        if isinstance(ex, str):
+            stats.skip(path.name, line_no, ex)
+            continue
+        stats.kept += 1
+        yield ex
 
 
 def iter_hf_dataset(path: Path | str, stats: SourceStats | None = None, split: str | None = None,

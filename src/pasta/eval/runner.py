@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..jsonl import jsonl_lines, open_append
+from ..jsonl import open_append, read_keyed
 from typing import Any
 
 from ..decoding import DecodeLimits
@@ -164,17 +164,7 @@ def generate_record(systems: Systems, system: str, item: PromptItem, config: Eva
 
 def read_jsonl(path: Path, key: Callable[[dict], Any]) -> dict[Any, dict]:
     """Complete records by key (a later line wins); an unreadable line (a crash mid-write) is skipped."""
-    out: dict[Any, dict] = {}
-    if not path.is_file():
-        return out
-    for line_no, row in jsonl_lines(path):
-        try:
-            if isinstance(row, json.JSONDecodeError):
-                raise row
-            out[key(row)] = row
-        except (json.JSONDecodeError, KeyError, TypeError):
-            log.warning("%s:%d: unreadable line ignored (interrupted write); that item will be redone", path, line_no)
-    return out
+    return read_keyed(path, key)
 
 
 class JsonlAppender:

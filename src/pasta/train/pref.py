@@ -40,7 +40,7 @@ import torch
 
 from ..decoding import DecodeLimits
 from ..eval.answer_stats import answer_stats
-from ..jsonl import append_jsonl
+from ..jsonl import append_jsonl, read_rows
 from ..sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -156,17 +156,6 @@ def _dist() -> tuple[int, int]:
 def _barrier(world: int) -> None:
     if world > 1:
         torch.distributed.barrier()
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by an interruption: that prompt is redone
-    return rows
 
 
 # ---- adapters ----------------------------------------------------------------------------------------------------
@@ -315,7 +304,7 @@ class PrefTrainer:
     def reference_answers(self, examples: list) -> dict[str, str]:
         """Greedy sequential answers of the initial model (the quality baseline), cached in reference.jsonl."""
         path = self.out / f"reference.rank{self.rank}.jsonl"
-        done = {r["id"]: r["text"] for p in self.out.glob("reference.rank*.jsonl") for r in _read_jsonl(p)}
+        done = {r["id"]: r["text"] for p in self.out.glob("reference.rank*.jsonl") for r in read_rows(p)}
         todo = [ex for ex in examples[self.rank::self.world] if ex.id not in done]
         if todo:
             interp = self.interpreter()
@@ -326,14 +315,14 @@ class PrefTrainer:
                     append_jsonl(path, {"id": ex.id, "text": res.text})
                     done[ex.id] = res.text
         _barrier(self.world)
-        return {r["id"]: r["text"] for p in self.out.glob("reference.rank*.jsonl") for r in _read_jsonl(p)}
+        return {r["id"]: r["text"] for p in self.out.glob("reference.rank*.jsonl") for r in read_rows(p)}
 
     def sample_round(self, round_no: int, examples: list, references: dict[str, str]) -> list[dict]:
         from ..eval.judge import judge_pair
 
         folder = self.out / f"round-{round_no}"
         path = folder / f"samples.rank{self.rank}.jsonl"
-        done = {r["id"] for p in folder.glob("samples.rank*.jsonl") for r in _read_jsonl(p)}
+        done = {r["id"] for p in folder.glob("samples.rank*.jsonl") for r in read_rows(p)}
         interp = self.interpreter()
         self.policy.eval()
         for k, ex in enumerate(examples):
@@ -356,7 +345,7 @@ class PrefTrainer:
             log.info("round %d: sampled %s (%d/%d): speedups %s, quality %s", round_no, ex.id, k + 1, len(examples),
                      [round(s["speedup"], 2) for s in samples], [s["quality"] for s in samples])
         _barrier(self.world)
-        return [r for p in sorted(folder.glob("samples.rank*.jsonl")) for r in _read_jsonl(p)]
+        return [r for p in sorted(folder.glob("samples.rank*.jsonl")) for r in read_rows(p)]
 
     def build_pairs(self, round_no: int, sampled: list[dict]) -> list[dict]:
         pairs = []
