@@ -246,14 +246,19 @@ def iter_jsonl(path: Path | str, stats: SourceStats | None = None, source: str |
     path = Path(path)
     stats = stats if stats is not None else SourceStats()
     source = source or path.stem
-    for line_no, row in jsonl_lines(path):  # a line that is not UTF-8 is a bad row too
+    yield from _examples(jsonl_lines(path), stats, path.name, source)  # a line that is not UTF-8 is a bad row too
+
+
+def _examples(rows: Iterable[tuple[int, Any]], stats: SourceStats, file: str, source: str) -> Iterator[Example]:
+    """(position, row) -> examples; every bad row is counted in `stats` with where it was and what is wrong."""
+    for position, row in rows:
         stats.rows += 1
         if isinstance(row, json.JSONDecodeError):
-            stats.skip(path.name, line_no, f"invalid JSON ({row.msg} at column {row.colno})")
+            stats.skip(file, position, f"invalid JSON ({row.msg} at column {row.colno})")
             continue
         ex = example_from_row(row, source)
         if isinstance(ex, str):
-            stats.skip(path.name, line_no, ex)
+            stats.skip(file, position, ex)
             continue
         stats.kept += 1
         yield ex
@@ -273,14 +278,7 @@ def iter_hf_dataset(path: Path | str, stats: SourceStats | None = None, split: s
         if split is None:
             split = "train" if "train" in ds else next(iter(ds))
         ds = ds[split]
-    for index, row in enumerate(ds):
-        stats.rows += 1
-        ex = example_from_row(row, source)
-        if isinstance(ex, str):
-            stats.skip(path.name, index, ex)
-            continue
-        stats.kept += 1
-        yield ex
+    yield from _examples(enumerate(ds), stats, path.name, source)
 
 
 def iter_source(source: str, stats: SourceStats | None = None) -> Iterator[Example]:
