@@ -1,4 +1,4 @@
-"""Analyse the sweep: `.venv/bin/python results/sparsellm/analyze.py` (after sweep.py).
+"""Analyse the sweep: `.venv/bin/python scripts/sparsellm/analyze.py` (after sweep.py).
 
 Writes results/sparsellm/{runs.csv, analysis.json, summary.md} and the figures
 loss_vs_params.png, law_fits.png, schedules.png, frontier.png.
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent  # the scripts (sweep.py is imported from here)
 ROOT = HERE.parents[1]
+OUT = ROOT / "results" / "sparsellm"  # results hold data only
 sys.path.insert(0, str(HERE))
 
 from sweep import COLS, CSV, RUNS  # noqa: E402
@@ -36,6 +37,8 @@ def gather() -> list[dict]:
             continue
         s["group"] = "grid" if not name.startswith("dense-match-") else "match:" + name[len("dense-match-"):]
         rows.append(s)
+    if not rows:  # never replace the committed results with nothing
+        raise SystemExit(f"no finished runs under {RUNS}: run scripts/sparsellm/sweep.sh first ({CSV} left as it is)")
     rows.sort(key=lambda r: (r["tokens"], r["params"], r["sparsity"]))
     with open(CSV, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLS, extrasaction="ignore")
@@ -95,7 +98,7 @@ def main() -> None:
     laws["avg"]["ci95"] = L.bootstrap(runs, "avg", n=100, base=L.fit(runs, "avg"), progress=True)
     out["laws"] = laws
 
-    L.plot_pred_vs_actual(runs, {f"{k} law (LOO)": v for k, v in loo_preds.items()}, HERE / "law_fits.png",
+    L.plot_pred_vs_actual(runs, {f"{k} law (LOO)": v for k, v in loo_preds.items()}, OUT / "law_fits.png",
                           "Leave-one-out predictions on the sweep")
 
     # 3) loss vs average and vs final parameter count
@@ -121,7 +124,7 @@ def main() -> None:
     axes[1].legend(handles=h, title="marker", fontsize=8)
     sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, 0.8))
     fig.colorbar(sm, ax=axes.tolist(), label="final sparsity")
-    fig.savefig(HERE / "loss_vs_params.png", dpi=120, bbox_inches="tight")
+    fig.savefig(OUT / "loss_vs_params.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
     # 4) schedules used in the sweep
@@ -136,7 +139,7 @@ def main() -> None:
     ax.set_ylabel("density")
     ax.set_title("geometric schedule, 25%-75% of compute")
     ax.legend(fontsize=8)
-    fig.savefig(HERE / "schedules.png", dpi=120, bbox_inches="tight")
+    fig.savefig(OUT / "schedules.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
     # 5) Pareto frontier under the fitted average-parameter law
@@ -147,12 +150,12 @@ def main() -> None:
     big = rows[-1]
     target = float(np.median([r["loss"] for r in rows]))
     fr = frontier(coef, target, np.logspace(np.log10(small), np.log10(big["params"]), 9), 0.9)
-    plot_frontier(fr, str(HERE / "frontier.png"), target)
+    plot_frontier(fr, str(OUT / "frontier.png"), target)
     out["frontier"] = {"target_loss": target, "rows": fr}
     C = 6 * big["params"] * big["tokens"]
     out["plan_example"] = {"compute": C, "inference_params": small * 2,
                            "best": best_plan(coef, C, small * 2).to_dict()}
-    (HERE / "analysis.json").write_text(json.dumps(out, indent=2))
+    (OUT / "analysis.json").write_text(json.dumps(out, indent=2))
 
     # 6) markdown summary
     md = ["| run | params | avg params | final params | tokens | eval loss |", "|---|---|---|---|---|---|"]
@@ -178,7 +181,7 @@ def main() -> None:
                   + (f"{ds['mae_pct']:.2f}% |" if ds else "n/a |"))
     md += ["", "avg-law coefficients: " + ", ".join(f"{k}={v:.4g}" for k, v in laws["avg"]["coefficients"].items()),
            "95% bootstrap CI: " + ", ".join(f"{k} [{a:.3g}, {b:.3g}]" for k, (a, b) in laws["avg"]["ci95"].items())]
-    (HERE / "summary.md").write_text("\n".join(md) + "\n")
+    (OUT / "summary.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

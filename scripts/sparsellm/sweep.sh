@@ -3,5 +3,5 @@
 # Runs land in runs/sparsellm/ (git-ignored; finished runs are skipped, interrupted ones resume).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-nice -n 10 .venv/bin/python results/sparsellm/sweep.py 2 | tee results/sparsellm/sweep_main.log
-OPENBLAS_NUM_THREADS=1 .venv/bin/python results/sparsellm/analyze.py
+nice -n 10 .venv/bin/python scripts/sparsellm/sweep.py 2 | tee results/sparsellm/sweep_main.log
+OPENBLAS_NUM_THREADS=1 .venv/bin/python scripts/sparsellm/analyze.py

