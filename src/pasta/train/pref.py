@@ -23,13 +23,15 @@ Resumable: everything lives in `output_dir` (`reference.jsonl`, `round-K/samples
 and restarts an interrupted training phase from the round's start. Runs on CPU for small models; under
 `torchrun`/`accelerate launch` each process samples a shard of the prompts and trains on a shard of the pairs,
 gradients all-reduced (no DDP wrapper, so the layout code sees the plain model).
+
+This module is the round loop (`PrefTrainer`); the objective and ranking are `pref_scoring`, the collectives
+`dist`, and folding the Stage-2 LoRA into the Stage-1 one `lora_merge`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -42,22 +44,14 @@ from ..decoding import DecodeLimits
 from ..eval.answer_stats import answer_stats
 from ..jsonl import append_jsonl, read_rows
 from ..sampling import SamplingParams
+from .dist import barrier, rank_and_world
+from .lora_merge import combine_lora_adapters
+from .pref_scoring import bonbon_loss, sample_speedup, score_sample, select_pair
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PrefConfig", "bonbon_loss", "combine_lora_adapters", "sample_speedup", "score_sample", "select_pair",
            "train_pref"]
-
-
-def bonbon_loss(logp_best: torch.Tensor, logp_worst: torch.Tensor, ref_logp_best: torch.Tensor,
-                ref_logp_worst: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    """alpha * NLL(best) + (1 - alpha) * IPO term; elementwise over a batch of pairs (sequence log-probs)."""
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
-    margin = (logp_best - logp_worst) - (ref_logp_best - ref_logp_worst)
-    return alpha * (-logp_best) + (1 - alpha) * (margin - 1 / (2 * beta)) ** 2
 
 
 @dataclass
@@ -106,112 +100,6 @@ class PrefConfig:
         SamplingParams(self.temperature, self.top_p)
 
 
-# ---- scoring and pairs -------------------------------------------------------------------------------------------
-
-
-def sample_speedup(stats, critical_path: int) -> float:
-    """The speed term of a sample's score: plain-text tokens (+1 for EOS) over the critical path, for an answer a
-    user would accept; 0 for a runaway one (cut by the token cap, ended or trimmed by a guard, repeated topics or
-    near-duplicate chunks), so every failure ranks below every plain answer (speedup 1)."""
-    if not stats.complete or stats.guards or stats.repeated_topics or stats.duplicate_chunks:
-        return 0.0
-    return (stats.plain_tokens + 1) / max(1, critical_path)
-
-
-def score_sample(speedup: float, quality: float | None, lam: float) -> tuple[float, float]:
-    """Sort key (higher is better). lambda = inf: quality first, speedup breaks ties."""
-    q = 0.0 if quality is None else quality
-    if math.isinf(lam):
-        return (q, speedup)
-    return (speedup + lam * q, 0.0)
-
-
-def select_pair(samples: list[dict], lam: float) -> tuple[dict, dict] | None:
-    """(best, worst) by score, or None when every sample scores the same (nothing to learn)."""
-    if len(samples) < 2:
-        return None
-    keyed = sorted(samples, key=lambda s: score_sample(s["speedup"], s["quality"], lam))
-    worst, best = keyed[0], keyed[-1]
-    if score_sample(best["speedup"], best["quality"], lam) == score_sample(worst["speedup"], worst["quality"], lam):
-        return None
-    return best, worst
-
-
-# ---- distributed helpers -------------------------------------------------------------------------------------------
-
-
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        torch.distributed.barrier()
-
-
-# ---- adapters ----------------------------------------------------------------------------------------------------
-
-
-def combine_lora_adapters(first: str | Path, second: str | Path, target: str | Path) -> None:
-    """Write to `target` one LoRA adapter whose weight update is `first`'s plus `second`'s, so that loading it on
-    the base model alone gives base + first + second. Exact: ranks are concatenated (A = [A1; A2],
-    B = [s1 B1, s2 B2], scaling folded into B, lora_alpha = r so the new scaling is 1); a module adapted by one
-    adapter only gets zero blocks from the other. Stage 2 trains a LoRA on top of the merged stage-1 model, so its
-    own adapter is a delta that means nothing on the base model; this makes the saved adapter self-contained."""
-    from safetensors.torch import load_file, save_file
-
-    first, second, target = Path(first), Path(second), Path(target)
-    configs = [json.loads((f / "adapter_config.json").read_text()) for f in (first, second)]
-    for cfg, f in zip(configs, (first, second)):
-        if cfg.get("peft_type") != "LORA" or cfg.get("use_dora") or cfg.get("use_rslora") or cfg.get("rank_pattern") \
-                or cfg.get("alpha_pattern") or cfg.get("modules_to_save"):
-            raise ValueError(f"{f}: only plain LoRA adapters can be combined")
-    weights = [load_file(str(f / "adapter_model.safetensors")) for f in (first, second)]
-    split = []
-    for w, f in zip(weights, (first, second)):
-        mods: dict[str, dict[str, torch.Tensor]] = {}
-        for key, tensor in w.items():
-            for part in ("lora_A", "lora_B"):
-                if key.endswith(f".{part}.weight"):
-                    mods.setdefault(key[: -len(f".{part}.weight")], {})[part] = tensor.float()
-                    break
-            else:
-                raise ValueError(f"{f}: unexpected tensor {key} in a LoRA adapter")
-        split.append(mods)
-    ranks = [int(c["r"]) for c in configs]
-    scales = [float(c["lora_alpha"]) / r for c, r in zip(configs, ranks)]
-    out: dict[str, torch.Tensor] = {}
-    for name in sorted(set(split[0]) | set(split[1])):
-        shapes = next(m[name] for m in split if name in m)
-        d_in, d_out = shapes["lora_A"].shape[1], shapes["lora_B"].shape[0]
-        a_blocks, b_blocks = [], []
-        for mods, r, s in zip(split, ranks, scales):
-            if name in mods:
-                a_blocks.append(mods[name]["lora_A"])
-                b_blocks.append(mods[name]["lora_B"] * s)
-            else:
-                a_blocks.append(torch.zeros(r, d_in))
-                b_blocks.append(torch.zeros(d_out, r))
-        out[f"{name}.lora_A.weight"] = torch.cat(a_blocks, 0).contiguous()
-        out[f"{name}.lora_B.weight"] = torch.cat(b_blocks, 1).contiguous()
-    config = dict(configs[1])
-    config.update(r=sum(ranks), lora_alpha=sum(ranks), lora_dropout=0.0,
-                  target_modules=sorted(set(configs[0]["target_modules"]) | set(configs[1]["target_modules"])),
-                  base_model_name_or_path=configs[0].get("base_model_name_or_path") or config.get("base_model_name_or_path"))
-    target.mkdir(parents=True, exist_ok=True)
-    save_file(out, str(target / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (target / "adapter_config.json").write_text(json.dumps(config, indent=2))
-
-
 # ---- the trainer ---------------------------------------------------------------------------------------------------
 
 
@@ -230,7 +118,7 @@ class PrefTrainer:
         self.judge = judge
         self.layout_config = layout_config or LayoutConfig()
         self.out = Path(config.output_dir)
-        self.rank, self.world = _dist()
+        self.rank, self.world = rank_and_world()
         self.device = torch.device(device) if device else next(model.parameters()).device
         model.to(self.device)
         self.ref_model = None
@@ -314,7 +202,7 @@ class PrefTrainer:
                     res = interp.generate(self.prompt_ids(ex.prompt), mode="sequential")
                     append_jsonl(path, {"id": ex.id, "text": res.text})
                     done[ex.id] = res.text
-        _barrier(self.world)
+        barrier(self.world)
         return {r["id"]: r["text"] for p in self.out.glob("reference.rank*.jsonl") for r in read_rows(p)}
 
     def sample_round(self, round_no: int, examples: list, references: dict[str, str]) -> list[dict]:
@@ -344,7 +232,7 @@ class PrefTrainer:
             append_jsonl(path, {"id": ex.id, "prompt": ex.prompt, "samples": samples})
             log.info("round %d: sampled %s (%d/%d): speedups %s, quality %s", round_no, ex.id, k + 1, len(examples),
                      [round(s["speedup"], 2) for s in samples], [s["quality"] for s in samples])
-        _barrier(self.world)
+        barrier(self.world)
         return [r for p in sorted(folder.glob("samples.rank*.jsonl")) for r in read_rows(p)]
 
     def build_pairs(self, round_no: int, sampled: list[dict]) -> list[dict]:
@@ -479,7 +367,7 @@ class PrefTrainer:
             if self.rank == 0:
                 (folder / "train_log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
                 done_file.write_text(json.dumps(summary, indent=2))
-            _barrier(self.world)
+            barrier(self.world)
             report["rounds"].append(summary)
         return report
 
@@ -522,7 +410,7 @@ def train_pref(config: PrefConfig) -> dict:
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     torch.manual_seed(config.seed)
-    rank, world = _dist()
+    rank, world = rank_and_world()
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     loaded = load_model(config.model, dtype="float32", adapter=config.adapter, device=device)
     layout = layout_config_for(loaded)
