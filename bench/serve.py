@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from pasta.subprocesses import stop
+from pasta.subprocesses import free_port, stop
 
 PROMPTS = [
     "Give three tips for staying healthy.",
@@ -42,14 +42,6 @@ PROMPTS = [
     "Why is the sky blue?",
     "Suggest a plan for a weekend trip.",
 ]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(args, max_batch: int, port: int, extra: list[str] = ()) -> subprocess.Popen:

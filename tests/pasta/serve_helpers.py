@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 import threading
 import time
 
@@ -15,6 +14,7 @@ from pasta.interpreter import Interpreter
 from pasta.serve.app import create_app
 from pasta.serve.cli import uvicorn_config
 from pasta.serve.config import ServeConfig
+from pasta.subprocesses import free_port
 
 
 def no_eos_interpreter(seed: int = 0) -> Interpreter:
@@ -31,10 +31,14 @@ def no_eos_interpreter(seed: int = 0) -> Interpreter:
     return Interpreter(model, ByteTokenizer(), name="tiny-llama")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def wait_idle(client) -> dict:
+    """/health once nothing is in flight and every cache page is back (bounded: ~20 s at most)."""
+    for _ in range(400):
+        health = client.get("/health").json()
+        if health["in_flight"] == 0 and health["kv_pages_used"] == 0:
+            return health
+        time.sleep(0.05)
+    raise AssertionError(f"server never went idle (a request or its pages leaked): {health}")
 
 
 class RunningServer:

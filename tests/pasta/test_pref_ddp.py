@@ -4,11 +4,12 @@ ranks, odd) runs the same collectives on every rank, and 2 ranks x batch 1 give 
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+
+from pasta.subprocesses import free_port
 
 BEST = 'Tips:\n1. <promise topic="sleep" tokens="8"/><async>Sleep well.</async>\n<sync/>Done.'
 WORST = "Tips: sleep well, eat well, sleep well, eat well."
@@ -16,12 +17,6 @@ WORST = "Tips: sleep well, eat well, sleep well, eat well."
 
 def _pairs(n: int) -> list[dict]:
     return [{"prompt": f"Give tips {k}.", "chosen": BEST, "rejected": WORST + " x" * k} for k in range(n)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(out: str, n_pairs: int, batch_size: int):
@@ -58,7 +53,7 @@ def _worker(rank: int, world: int, port: int, out: str, n_pairs: int) -> None:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("n_pairs", [3, 1])
 def test_two_ranks_equal_one_process_for_any_number_of_pairs(tmp_path, n_pairs):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), n_pairs), nprocs=2, join=True)  # no hang, no crash
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), n_pairs), nprocs=2, join=True)  # no hang, no crash
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
     single, history = _train(str(tmp_path / "single"), n_pairs, batch_size=2)

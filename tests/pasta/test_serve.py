@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import httpx
 import pytest
-from serve_helpers import RunningServer, no_eos_interpreter
+from serve_helpers import RunningServer, no_eos_interpreter, wait_idle
 
 from pasta.serve.config import ServeConfig
 
@@ -181,24 +180,15 @@ def test_queue_bound_gives_429():
         assert limited.json()["error"]["code"] == "rate_limit_exceeded" and limited.headers["retry-after"]
 
 
-def _wait_idle(client) -> dict:
-    for _ in range(400):  # bounded: ~20 s at most
-        health = client.get("/health").json()
-        if health["in_flight"] == 0 and health["kv_pages_used"] == 0:
-            return health
-        time.sleep(0.05)
-    raise AssertionError(f"server never went idle: {health}")
-
-
 def test_disconnect_mid_stream_cancels_and_frees(client, server):
-    before = _wait_idle(client)
+    before = wait_idle(client)
     with httpx.Client(base_url=server.url, timeout=60) as c:
         with c.stream("POST", "/v1/completions", json={"model": MODEL, "prompt": "long", "max_tokens": 400,
                                                        "stream": True}) as r:
             for line in r.iter_lines():
                 if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["text"]:
                     break  # got real text: now hang up
-    health = _wait_idle(client)
+    health = wait_idle(client)
     assert health["cancelled"] == before["cancelled"] + 1
     assert health["completed"] == before["completed"]
 
@@ -230,7 +220,7 @@ def test_failing_request_does_not_disturb_others(client, interp, monkeypatch):
     assert bad.status_code == 500 and "injected fault" in bad.json()["error"]["message"]
     for r in (ok1, ok2):
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == expected
-    _wait_idle(client)
+    wait_idle(client)
 
 
 def test_isolation_alone_vs_concurrent(client):

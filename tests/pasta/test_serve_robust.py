@@ -15,10 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_helpers import RunningServer, free_port, no_eos_interpreter
+from serve_helpers import RunningServer, no_eos_interpreter, wait_idle
 
 from pasta import sampling
 from pasta.serve.config import ServeConfig
+from pasta.subprocesses import free_port
 
 MODEL = "tiny-llama"
 TESTS = Path(__file__).parent
@@ -40,15 +41,6 @@ def client(server):
         yield c
 
 
-def _idle(client) -> dict:
-    for _ in range(400):
-        health = client.get("/health").json()
-        if health["in_flight"] == 0:
-            return health
-        time.sleep(0.05)
-    raise AssertionError(f"requests leaked: {health}")
-
-
 def test_seed_range_is_checked_and_64_bit_seeds_work(client):
     for bad in (2**64, -(2**63) - 1):
         r = client.post("/v1/chat/completions", json=chat(temperature=0.9, seed=bad))
@@ -60,7 +52,7 @@ def test_seed_range_is_checked_and_64_bit_seeds_work(client):
         answers[seed] = r.json()["choices"][0]["message"]["content"]
     again = client.post("/v1/chat/completions", json=chat(temperature=0.9, seed=2**64 - 1)).json()
     assert again["choices"][0]["message"]["content"] == answers[2**64 - 1]  # still reproducible
-    health = _idle(client)
+    health = wait_idle(client)
     assert health["engine"] == "ok" and client.get("/health").status_code == 200
 
 
@@ -130,7 +122,7 @@ def test_failure_on_admission_fails_only_that_request(client, monkeypatch):
     assert bad.status_code == 500 and "injected" in bad.json()["error"]["message"]
     for r in (ok1, ok2):
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == expected
-    health = _idle(client)
+    health = wait_idle(client)
     assert health["engine"] == "ok"
     after = client.post("/v1/chat/completions", json=good)  # the engine thread survived
     assert after.status_code == 200 and after.json()["choices"][0]["message"]["content"] == expected

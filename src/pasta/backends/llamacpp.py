@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from ..subprocesses import stop
+from ..subprocesses import free_port, stop
 
 DEFAULT_PYTHON = Path(__file__).resolve().parents[3] / ".venv-llamacpp" / "bin" / "python"
 
@@ -25,12 +24,6 @@ DEFAULT_PYTHON = Path(__file__).resolve().parents[3] / ".venv-llamacpp" / "bin" 
 def llamacpp_python() -> Path:
     """The interpreter that has llama-cpp-python: $PASTA_LLAMACPP_PYTHON, else the repository's .venv-llamacpp."""
     return Path(os.environ.get("PASTA_LLAMACPP_PYTHON", DEFAULT_PYTHON))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -42,7 +35,7 @@ def llama_server(gguf: str | Path, *, alias: str = "model", n_ctx: int = 8192, t
     if not python.is_file():
         raise FileNotFoundError(f"{python}: no llama-cpp-python here; `bash scripts/setup.sh --llamacpp` builds it into .venv-llamacpp "
                                 "(or set PASTA_LLAMACPP_PYTHON)")
-    port = _free_port()
+    port = free_port()
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     cmd = [str(python), "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
            "--n_threads", str(threads), "--n_ctx", str(n_ctx), "--model_alias", alias]
