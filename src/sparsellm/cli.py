@@ -64,6 +64,7 @@ def cmd_train(a) -> int:
         end_fraction=a.end_fraction, frequency=a.frequency, method=a.method, structure=a.structure,
         exempt=a.exempt or [], eval_every=a.eval_every, eval_batches=a.eval_batches, save_every=a.save_every,
         seed=a.seed, resume=a.resume, export=not a.no_export, threads=a.threads, max_chars=a.max_chars,
+        device=a.device, bf16=a.bf16, compile=a.compile,
     )
     s = train(cfg)
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one report
@@ -79,8 +80,9 @@ def cmd_inspect(a) -> int:
         print(json.dumps(r, indent=2))
     else:
         for n, v in r["layers"].items():
-            print(f"{n:60s} {str(tuple(v['shape'])):>14s}  sparsity {v['sparsity']:.3f}")
+            print(f"{n:60s} {str(tuple(v['shape'])):>14s}  sparsity {v['sparsity']:.3f}  {v['pattern']}")
         print(f"linear params {r['linear_params']}, non-zero {r['nonzero_linear_params']}, sparsity {r['sparsity']:.4f}")
+        print(f"inference speed-up ({r['pattern']}): {r['speedup']}")
     return 0
 
 
@@ -192,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-chars", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for forward passes (fp32 weights and optimizer)")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="BACKEND",
+                   help="torch.compile the model (default backend inductor)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-export", action="store_true")
     p.add_argument("--json", action="store_true")

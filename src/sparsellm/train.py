@@ -26,6 +26,12 @@ from .pruner import Pruner, PrunerConfig, count_parameters
 from .schedule import PruningSchedule, schedule_from_compute_fractions
 
 
+# What the ``params`` / ``avg_params`` / ``final_params`` columns count (as Jin et al.'s model cards do:
+# "linear parameters"): every nn.Linear weight, i.e. attention, MLP and the untied output head; the input
+# embedding and the norm weights are excluded (they are ``other_params``).
+PARAMS_COUNTED = "non_embedding_linear"
+
+
 @dataclass
 class TrainConfig:
     out_dir: str
@@ -68,6 +74,11 @@ class TrainConfig:
     export: bool = True
     progress: bool = True
     threads: int | None = None
+    # hardware: device auto = CUDA when available; bf16 = autocast of forward passes (weights, masks and the
+    # optimizer stay fp32, as in the paper); fused AdamW on CUDA; torch.compile of the model (optional)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    bf16: bool = False
+    compile: bool | str = False  # True = inductor, or a torch.compile backend name ("eager", "aot_eager", ...)
 
     def __post_init__(self) -> None:
         resolve_preset(self.preset)  # raises ValueError on an unknown name
@@ -86,6 +97,8 @@ class TrainConfig:
             raise ValueError("warmup_frac must be in [0, 1) and min_lr_frac in [0, 1]")
         if not 0 <= self.sparsity < 1:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     def total_steps(self, world: int = 1) -> int:
         if self.steps is not None:
@@ -111,35 +124,48 @@ def lr_at(step: int, total: int, peak: float, warmup_frac: float, min_frac: floa
     return peak * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
 
-def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=batch[:, :-1]).logits
+def lm_loss(model, batch: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """Next-token cross-entropy; with ``bf16`` the forward runs under bf16 autocast, the loss in fp32."""
+    with torch.autocast(device_type=batch.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(input_ids=batch[:, :-1]).logits
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
 
 
 @torch.no_grad()
-def evaluate(model, batches: list[torch.Tensor], device) -> float:
+def evaluate(model, batches: list[torch.Tensor], device, bf16: bool = False) -> float:
     was = model.training
     model.eval()
     tot, n = 0.0, 0
     for b in batches:
         b = b.to(device)
-        tot += float(lm_loss(model, b)) * b.size(0)
+        tot += float(lm_loss(model, b, bf16)) * b.size(0)
         n += b.size(0)
     model.train(was)
     return tot / n
 
 
-def _dist_setup() -> tuple[int, int, torch.device]:
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; a clear error without CUDA."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r} asked for, but CUDA is not available here "
+                             f"(torch {torch.__version__}); use --device cpu or auto")
+        if spec == "cuda":
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(spec)
+
+
+def _dist_setup(device: str = "auto") -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
+    dev = resolve_device(device)
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return rank, world, dev
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -164,7 +190,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     """Like :func:`train`, but also hands back the model and the pruner."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rank, world, device = _dist_setup()
+    rank, world, device = _dist_setup(cfg.device)
     out = Path(cfg.out_dir)
     ckpt_path = out / "checkpoint.pt"
     if rank == 0:
@@ -191,7 +217,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=device.type == "cuda",
     )
     start = 0
     losses: list[float] = []
@@ -206,10 +232,25 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:  # the pruner keeps working on `model`'s parameters, which the compiled module shares
+        train_model = torch.compile(train_model, backend="inductor" if cfg.compile is True else cfg.compile)
 
     tokens_per_step = cfg.batch_size * cfg.seq_len * world
 
+    pending: list[torch.Tensor] = []  # this step's losses, read back in blocks (no GPU sync every step)
+
+    def flush_losses() -> None:
+        if not pending:
+            return
+        t = torch.stack(pending).float()
+        if world > 1:
+            dist.all_reduce(t)
+            t = t / world
+        losses.extend(t.tolist())
+        pending.clear()
+
     def save(step_done: int) -> None:
+        flush_losses()
         if rank != 0:
             return
         _atomic_save({"model": model.state_dict(), "optim": opt.state_dict(), "pruner": pruner.state_dict(),
@@ -228,7 +269,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
             g["lr"] = lr
         pruner.step(step, opt)
         batch = train_batch(data.train, step, cfg.batch_size, cfg.seq_len, cfg.seed, rank).to(device)
-        loss = lm_loss(train_model, batch)
+        loss = lm_loss(train_model, batch, cfg.bf16)
         loss.backward()
         pruner.mask_grads()
         if cfg.clip > 0:
@@ -236,17 +277,14 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         opt.step()
         opt.zero_grad(set_to_none=True)
         pruner.apply_masks()
-        lv = float(loss.detach())
-        if world > 1:
-            t = torch.tensor([lv], device=device)
-            dist.all_reduce(t)
-            lv = float(t) / world
-        losses.append(lv)
+        pending.append(loss.detach())
         if (step + 1) % cfg.log_every == 0:
-            bar.set_postfix(loss=f"{lv:.3f}", density=f"{pruner.density:.3f}")
+            flush_losses()
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", density=f"{pruner.density:.3f}")
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < T:
-            ev = evaluate(model, evb, device)
-            history.append({"step": step + 1, "eval_loss": ev, "train_loss": lv, "density": pruner.density,
+            flush_losses()
+            ev = evaluate(model, evb, device, cfg.bf16)
+            history.append({"step": step + 1, "eval_loss": ev, "train_loss": losses[-1], "density": pruner.density,
                             "avg_density": pruner.average_density, "lr": lr})
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < stop:
             save(step + 1)
@@ -255,13 +293,16 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     if stop < T:
         return TrainResult({"stopped_at": stop}, model, pruner)
 
-    ev = evaluate(model, evb, device)
+    ev = evaluate(model, evb, device, cfg.bf16)
     tail = max(1, len(losses) // 100)
     summary = {
         "preset": cfg.preset, "sparsity": cfg.sparsity, "schedule": sched.kind, "method": cfg.method,
         "structure": cfg.structure, "steps": T, "start_step": sched.start_step, "end_step": sched.end_step,
         "frequency": sched.frequency, "tokens": T * tokens_per_step, "seq_len": cfg.seq_len,
-        "vocab_size": tok.vocab_size, "world_size": world,
+        "vocab_size": tok.vocab_size, "world_size": world, "device": device.type, "bf16": cfg.bf16,
+        "compile": cfg.compile,
+        # the paper's count: every linear weight (attention, MLP, untied head), no embedding and no norms
+        "params_counted": PARAMS_COUNTED,
         "params": prunable, "other_params": other, "total_params": prunable + other,
         "avg_density": pruner.average_density, "predicted_avg_density": sched.average_density(),
         "final_density": pruner.density,
@@ -296,6 +337,8 @@ def inspect(path: str) -> dict:
         sd = AutoModelForCausalLM.from_pretrained(str(p)).state_dict()
     else:
         raise ValueError(f"{path}: not a checkpoint file, run folder or Hugging Face folder")
+    from .infer import model_pattern, speedup_note
+
     layers = {}
     nz = tot = 0
     for n, w in sd.items():
@@ -305,5 +348,9 @@ def inspect(path: str) -> dict:
         layers[n] = {"shape": list(w.shape), "sparsity": z / w.numel()}
         nz += w.numel() - z
         tot += w.numel()
+    pat = model_pattern(sd)
+    for n, v in pat["layers"].items():
+        layers[n]["pattern"] = v["pattern"]
     return {"layers": layers, "linear_params": tot, "nonzero_linear_params": nz,
-            "sparsity": 1 - nz / max(1, tot)}
+            "sparsity": 1 - nz / max(1, tot), "pattern": pat["pattern"],
+            "layers_2_4": pat["layers_2_4"], "speedup": speedup_note(pat)}
