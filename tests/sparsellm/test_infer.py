@@ -89,3 +89,27 @@ def test_semi_structured_unavailable_on_cpu_says_why():
     m = build_model("nano", 256, 32)
     with pytest.raises(RuntimeError, match="unavailable: no CUDA device"):
         to_semi_structured(m)
+
+
+def test_sparse_infer_bench_smoke_runs_and_reports_the_cpu_answer():
+    """bench/sparse_infer.py --smoke: end to end in seconds; on CPU it says why the format is unavailable and
+    times the 2:4-pruned model on dense kernels (masked) against the dense one. No speed is asserted."""
+    import math
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    done = subprocess.run([sys.executable, str(root / "bench" / "sparse_infer.py"), "--smoke", "--json"],
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(done.stdout)
+    assert r["pattern"] == "2:4" and r["sparsity"] == pytest.approx(0.5)
+    assert r["inspect_line"].startswith("2:4 on 15 of 15 linear layers")
+    for k in ("prefill_speedup", "decode_speedup"):
+        assert math.isfinite(r[k]) and r[k] > 0
+    if not torch.cuda.is_available():
+        assert r["semi_structured_available"] is False and "no CUDA device" in r["reason"]
+        assert (r["baseline"], r["candidate"]) == ("dense", "masked")
+    elif r["semi_structured_available"]:
+        assert r["converted_layers"] == r["linear_layers"] and r["top1_agreement"] > 0.9
