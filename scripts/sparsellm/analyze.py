@@ -21,6 +21,7 @@ sys.path.insert(0, str(HERE))
 from sweep import COLS, CSV, RUNS  # noqa: E402
 
 from sparsellm import law as L  # noqa: E402
+from sparsellm.report import plot_loss_vs_params  # noqa: E402
 
 
 replicates: dict[str, float] = {}  # run name -> eval loss with seed 1
@@ -52,7 +53,6 @@ def main() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
     rows = gather()
     runs = L.read_runs(CSV)
@@ -102,30 +102,8 @@ def main() -> None:
                           "Leave-one-out predictions on the sweep")
 
     # 3) loss vs average and vs final parameter count
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    budgets = sorted({r["tokens"] for r in rows})
-    markers = dict(zip(budgets, ["o", "s", "^", "D"]))
-    for ax, col, title in ((axes[0], "avg_params", "average parameter count"),
-                           (axes[1], "final_params", "final (non-zero) parameter count")):
-        for r in rows:
-            ax.scatter(r[col], r["loss"], c=[r["sparsity"]], cmap="viridis", vmin=0, vmax=0.8,
-                       marker=markers[r["tokens"]], s=40, edgecolors="k" if r["group"] != "grid" else "none")
-        coef = laws["avg"]["coefficients"] if col == "avg_params" else laws["dense"]["coefficients"]
-        xs = np.logspace(np.log10(min(r[col] for r in rows)) - 0.05, np.log10(max(r[col] for r in rows)) + 0.05, 50)
-        for D in budgets:
-            ax.plot(xs, coef["E"] + coef["A"] / xs ** coef["alpha"] + coef["B"] / D ** coef["beta"], "--",
-                    lw=0.8, color="gray")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel(title)
-        ax.set_title(f"loss vs {title}")
-    axes[0].set_ylabel("held-out loss (nats/byte)")
-    h = [plt.Line2D([], [], marker=markers[D], ls="", color="k", label=f"{D / 1e6:.1f}M tokens") for D in budgets]
-    axes[1].legend(handles=h, title="marker", fontsize=8)
-    sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, 0.8))
-    fig.colorbar(sm, ax=axes.tolist(), label="final sparsity")
-    fig.savefig(OUT / "loss_vs_params.png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    plot_loss_vs_params(rows, {k: v["coefficients"] for k, v in laws.items()}, OUT / "loss_vs_params.png",
+                        "held-out loss (nats/byte)")
 
     # 4) schedules used in the sweep
     from sparsellm.schedule import schedule_from_compute_fractions
@@ -181,6 +159,11 @@ def main() -> None:
                   + (f"{ds['mae_pct']:.2f}% |" if ds else "n/a |"))
     md += ["", "avg-law coefficients: " + ", ".join(f"{k}={v:.4g}" for k, v in laws["avg"]["coefficients"].items()),
            "95% bootstrap CI: " + ", ".join(f"{k} [{a:.3g}, {b:.3g}]" for k, (a, b) in laws["avg"]["ci95"].items())]
+    noise = OUT / "noise.json"  # scripts/sparsellm/noise.py: 3 seeds of a few configurations
+    if noise.exists():
+        from noise import noise_md
+
+        md += ["", "Run-to-run noise (scripts/sparsellm/noise.py):", "", noise_md(json.loads(noise.read_text()))]
     (OUT / "summary.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

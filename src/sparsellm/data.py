@@ -9,6 +9,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -179,6 +180,33 @@ def tokenize_corpus(texts: list[str], tok: Tokenizer, eval_fraction: float = 0.0
     arr = torch.tensor(np.asarray(ids, dtype=np.int64))
     n_eval = max(2, int(len(arr) * eval_fraction))
     return TokenData(train=arr[:-n_eval], eval=arr[-n_eval:])
+
+
+_TOKENIZED: dict[tuple, TokenData] = {}
+
+
+def tokenizer_key(tok: Tokenizer) -> str:
+    """A fingerprint of a tokenizer's vocabulary and rules (equal keys: equal encodings)."""
+    if isinstance(tok, ByteTokenizer):
+        return "byte"
+    backend = getattr(getattr(tok, "tok", None), "backend_tokenizer", None)
+    if backend is None:
+        return f"object:{id(tok)}"  # unknown kind: never shared
+    return hashlib.sha1(backend.to_str().encode()).hexdigest()
+
+
+def tokenize_corpus_cached(texts: list[str], tok: Tokenizer, eval_fraction: float = 0.05,
+                           max_chars: int | None = None) -> TokenData:
+    """:func:`tokenize_corpus`, remembered for the last (texts, tokenizer, split) of this process, so a
+    sweep running many models in one process tokenizes its corpus once. The tensors are never written to."""
+    h = hashlib.sha1()
+    for t in texts:
+        h.update(hashlib.sha1(t.encode("utf-8", errors="replace")).digest())
+    key = (h.hexdigest(), tokenizer_key(tok), eval_fraction, max_chars)
+    if key not in _TOKENIZED:
+        _TOKENIZED.clear()
+        _TOKENIZED[key] = tokenize_corpus(texts, tok, eval_fraction, max_chars)
+    return _TOKENIZED[key]
 
 
 def train_batch(data: torch.Tensor, step: int, batch_size: int, seq_len: int, seed: int,

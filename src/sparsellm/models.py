@@ -38,21 +38,24 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-_CUSTOM = re.compile(r"^h(\d+)-l(\d+)-i(\d+)$")
+_CUSTOM = re.compile(r"^h(\d+)-l(\d+)-i(\d+)(?:-d(\d+))?$")
 
 
 def resolve_preset(preset: str | Preset) -> Preset:
-    """A preset name, or a custom shape ``h{hidden}-l{layers}-i{intermediate}`` (head dim 16)."""
+    """A preset name, or a custom shape ``h{hidden}-l{layers}-i{intermediate}[-d{head_dim}]`` (head dim 16
+    unless given: ``h256-l8-i704-d64`` has 4 heads of 64, which suits GPU attention kernels better)."""
     if isinstance(preset, Preset):
         return preset
     if preset in PRESETS:
         return PRESETS[preset]
     m = _CUSTOM.match(preset)
     if m:
-        h, l, i = map(int, m.groups())
-        if h % 16 or h < 16 or l < 1 or i < 1:
-            raise ValueError(f"custom shape {preset!r}: hidden must be a positive multiple of 16, layers and intermediate >= 1")
-        return Preset(h, l, h // 16, i)
+        h, l, i = map(int, m.groups()[:3])
+        d = int(m.group(4) or 16)
+        if d < 1 or h % d or h < d or l < 1 or i < 1:
+            raise ValueError(f"custom shape {preset!r}: hidden must be a positive multiple of the head dim ({d}), "
+                             "layers and intermediate >= 1")
+        return Preset(h, l, h // d, i)
     raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)} or h<hidden>-l<layers>-i<intermediate>")
 
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import eval_batches, load_tokenizer, read_texts, tokenize_corpus, train_batch
+from .data import eval_batches, load_tokenizer, read_texts, tokenize_corpus_cached, train_batch
 from .models import build_model, resolve_preset
 from .pruner import Pruner, PrunerConfig, count_parameters
 from .schedule import PruningSchedule, schedule_from_compute_fractions
@@ -204,7 +204,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         tok = load_tokenizer(cfg.tokenizer, texts)
         if rank == 0:
             tok.save(tok_dir)
-    data = tokenize_corpus(texts, tok, cfg.eval_fraction, cfg.max_chars)
+    data = tokenize_corpus_cached(texts, tok, cfg.eval_fraction, cfg.max_chars)
     evb = eval_batches(data.eval, cfg.seq_len, cfg.batch_size, cfg.eval_batches)
 
     model = build_model(cfg.preset, tok.vocab_size, cfg.seq_len, cfg.seed).to(device)
