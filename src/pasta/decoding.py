@@ -1,7 +1,7 @@
 """One request's asynchronous decoding, as a state machine independent of any model.
 
 `Decoding` decides, step by step, which tokens of which threads enter the KV cache next (forking at promises,
-joining at syncs, honouring limits) and consumes the tokens sampled for them. A model runner (`pasta.engine`),
+joining at syncs, honouring limits) and consumes the tokens sampled for them. The engine (`pasta.engine`),
 the naive oracle (`pasta.reference`) and the training collator (`pasta.train.collator`, teacher-forced, no model)
 all drive this same machine, so they agree on the layout by construction.
 
@@ -26,13 +26,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
-
 from .detok import IncrementalDetokenizer
-from .engine import StepInputs
 from .forcing import encode_piece
 from .lang import ASYNC_CLOSE, ASYNC_OPEN, SYNC, AsyncClose, AsyncOpen, Promise, Recognizer, Sync, Text, render, topic_key
-from .layout import MAIN, Layout, LayoutConfig
+from .layout import MAIN, Layout, LayoutConfig, StepInputs
+from .results import GenerationResult, build_stats
 
 Mode = Literal["async", "sequential"]
 
@@ -150,6 +148,11 @@ class Decoding:
         self._refused_in_a_row = 0
         self._main_idle_sync = False  # the main thread's last tag was a <sync/>, with no text since
 
+    @property
+    def forced(self) -> bool:
+        """Teacher forcing: some thread's tokens are given."""
+        return any(t.forced is not None for t in self.threads)
+
     # -- stepping -------------------------------------------------------------------------------------------
     def next_inputs(self, max_prefill: int | None = None) -> StepInputs:
         """Choose and lay out the tokens of the next forward pass. `max_prefill`: feed a long prompt in pieces of at
@@ -161,17 +164,16 @@ class Decoding:
             n, start = len(self.prompt_ids), self._prefill_at
             end = n if max_prefill is None else min(n, start + max(1, max_prefill))
             self._prefill_at = end
-            rows = [torch.ones(i + 1, dtype=torch.bool) for i in range(start, end)]
             span = list(range(start, end))
             if end < n:
                 self._samplers = []
-                return StepInputs(self.prompt_ids[start:end], span, list(span), rows, [])
+                return StepInputs(self.prompt_ids[start:end], span, list(span), [])
             self._prefilled = True
             self.steps += 1
             self._samplers = [0]
-            return StepInputs(self.prompt_ids[start:end], span, list(span), rows, [end - start - 1])
+            return StepInputs(self.prompt_ids[start:end], span, list(span), [end - start - 1])
         self.steps += 1
-        inputs = StepInputs([], [], [], [], [])
+        inputs = StepInputs()
         self._samplers = []
         main = self.threads[0]
         if main.state == "waiting" and self._all_outstanding_done():
@@ -192,10 +194,9 @@ class Decoding:
         return inputs
 
     def _feed(self, thread: _Thread, inputs: StepInputs, *, sample: bool) -> None:
-        for slot, row in self.layout.append(thread.layout_id, len(thread.pending)):
+        for slot in self.layout.append(thread.layout_id, len(thread.pending)):
             inputs.slots.append(slot)
             inputs.positions.append(self.layout.positions[slot])
-            inputs.rows.append(row)
         inputs.token_ids.extend(thread.pending)
         thread.pending = []
         if thread.trace.start_step is None:
@@ -485,6 +486,11 @@ class Decoding:
             else:  # Sync
                 annotated.append(event.raw)
         return "".join(annotated), "".join(plain)
+
+    def result(self, wall_s: float) -> GenerationResult:
+        """The answer (both forms) and its statistics; the KV cache holds exactly the laid-out slots."""
+        annotated, text = self.stitch()
+        return GenerationResult(text=text, annotated=annotated, stats=build_stats(self, wall_s, len(self.layout)))
 
     def critical_path(self) -> int:
         """Forward passes an ideal schedule (unlimited threads, no waiting for slots) needs: main's k-th token

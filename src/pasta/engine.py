@@ -1,117 +1,292 @@
-"""The model runner: one forward pass per step over one interleaved KV cache, for any Hugging Face causal LM.
+"""The engine: every decode in PASTA runs here (one request or many, async or sequential, SoT's points).
 
-Every step feeds the new tokens of all active threads together (a new thread's forced opening tokens included),
-with their layout position ids and a custom 4D attention mask built from the layout's visibility rows. The cache
-only ever grows by the fed tokens: a prefix is never copied per thread.
+    engine = Engine(model)
+    seq = engine.add(Sequence(decoding, sampling=SamplingParams()))
+    while engine.has_work:
+        engine.step()              # one forward pass advances every running request's threads
+    seq.result                     # GenerationResult
+
+`Interpreter.generate` is add + step until done; the server's worker drives one long-lived engine; Skeleton-of-
+Thought expands its points as one program on it. A request is a *program*: any state machine with the `Program`
+methods (`pasta.decoding.Decoding` for Pasta-Lang). Each step asks every running program for its `StepInputs`,
+maps its request-local slots to global slots through its page table in the shared `SlotCache`, stacks all tokens
+into one sequence (batch 1, no padding) and builds one [q, kv] mask from each program's `Layout` rows, block-
+diagonal by request: a query row can only be true on its own request's slots. The runner makes the one model call;
+logits are split back and each request samples with its own parameters and random streams. Requests join and
+leave between steps (continuous batching); a finished or cancelled request's pages go back to the pool at once.
+
+The engine is confined to one thread (the model is not thread-safe); `pasta.serve.scheduler` feeds it.
 """
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 
-
-@dataclass
-class StepInputs:
-    token_ids: list[int]
-    slots: list[int]
-    positions: list[int]
-    rows: list[torch.Tensor]  # per token: bool over slots [0..slot]
-    logit_rows: list[int]  # indices into token_ids whose next-token logits are wanted
+from .layout import Layout, StepInputs
+from .runner import ModelRunner
+from .sampling import RandomStreams, SamplingParams, sample
+from .slot_cache import PagePool, PageTable, SlotCache, SlotCacheConfig
 
 
-def _sliding_window(config) -> tuple[int, bool] | None:
-    """(window, per_layer) or None. Two conventions exist in Hugging Face models: configs with `layer_types` (Gemma
-    2/3, Qwen2/3, Cohere 2, GPT-OSS, ...) take a dict of masks keyed by layer type; configs without it (Mistral,
-    Mixtral, Phi-3, Starcoder2, ...) apply `sliding_window` to every layer through one mask. Either way a 4-D mask
-    we pass is used as given, so the window must be in it."""
-    window = getattr(config, "sliding_window", None)
-    if not window or getattr(config, "use_sliding_window", True) is False:
-        return None
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None:
-        return (int(window), True) if "sliding_attention" in layer_types else None
-    return int(window), False
+class Program(Protocol):
+    """What the engine drives: one request's decoding state machine (model-free)."""
+
+    prompt_ids: list[int]
+    layout: Layout  # positions and visibility of the request's slots
+    done: bool
+    steps: int
+
+    def next_inputs(self, max_prefill: int | None = None) -> StepInputs: ...
+    @property
+    def sampler_threads(self) -> list[int]: ...
+    def advance(self, sampled: list[int]) -> list[int]: ...
+    def result(self, wall_s: float) -> Any: ...
 
 
-def model_attention_mask(
-    model: torch.nn.Module, mask: torch.Tensor, q_positions: torch.Tensor, k_positions: torch.Tensor
-) -> torch.Tensor | dict[str, torch.Tensor]:
-    """What to pass as `attention_mask` for a visibility mask [B, 1, q, k] (bool, True = attend).
+@dataclass(frozen=True)
+class EngineConfig:
+    max_batch: int = 8  # requests decoding together; 1 = one request at a time
+    max_step_tokens: int = 4096  # a joining request's prefill waits if the step would exceed this (one always runs)
+    # Chunked prefill: a prompt enters the cache at most this many tokens per step, so a long prompt does not stall
+    # the other requests' decoding for its whole prefill (None: the whole prompt in one step).
+    prefill_chunk: int | None = 128
+    # Batch-invariant mode: every request gets its own cache and its own forward pass, exactly as it decodes alone
+    # (`Interpreter.generate`), so its answer is bitwise independent of what else is in flight (in any dtype). Costs
+    # the batching speedup, and prefill is not chunked. Off: one shared forward pass; no token ever crosses requests
+    # (the mask is block-diagonal), but in bf16 the numerics of a shared pass can change a greedy choice.
+    batch_invariant: bool = False
+    cache: SlotCacheConfig = field(default_factory=SlotCacheConfig)
 
-    Eager attention wants an additive float mask. Sliding windows are applied by *position*, since in a Pasta
-    layout cache order is not position order: a dict by layer type for models with `layer_types` (Gemma 2/3,
-    Qwen2 with `use_sliding_window`, ...), the windowed mask itself for models that window every layer (Mistral,
-    Phi-3, ...).
-    Used by the engine, the naive oracle and the training collator alike."""
-    config = model.config
-    dtype = next(model.parameters()).dtype
-    device = next(model.parameters()).device
-
-    def convert(m: torch.Tensor) -> torch.Tensor:
-        m = m.to(device)
-        if getattr(config, "_attn_implementation", "sdpa") == "eager":
-            return torch.zeros(m.shape, dtype=dtype, device=device).masked_fill(~m, torch.finfo(dtype).min)
-        return m
-
-    sliding = _sliding_window(config)
-    if sliding is None:
-        return convert(mask)
-    window, per_layer = sliding
-    q = q_positions.reshape(mask.shape[0], 1, -1, 1).to(mask.device)
-    k = k_positions.reshape(mask.shape[0], 1, 1, -1).to(mask.device)
-    windowed = mask & (q - k < window)  # by position: in a Pasta layout cache order is not position order
-    if not per_layer:
-        return convert(windowed)
-    return {"full_attention": convert(mask), "sliding_attention": convert(windowed)}
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_batch, int) or self.max_batch < 1:
+            raise ValueError(f"max_batch must be a positive integer, got {self.max_batch!r}")
+        if not isinstance(self.max_step_tokens, int) or self.max_step_tokens < 1:
+            raise ValueError(f"max_step_tokens must be a positive integer, got {self.max_step_tokens!r}")
+        if self.prefill_chunk is not None and (not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 1):
+            raise ValueError(f"prefill_chunk must be a positive integer or None, got {self.prefill_chunk!r}")
 
 
-class ModelRunner:
-    """Wraps a causal LM; stateless apart from the model (each request owns its cache)."""
+# One request at a time, whole prompt in one step: how `Interpreter.generate` decodes.
+SINGLE = EngineConfig(max_batch=1, prefill_chunk=None)
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self.config = model.config
-        self.device = next(model.parameters()).device
-        params = inspect.signature(model.forward).parameters
-        # transformers >= 5 calls the cache `cache`; older releases `past_key_values`.
-        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+_ids = itertools.count(1)
 
-    def new_cache(self):
-        from transformers import DynamicCache
 
-        # No config: every layer keeps all its keys. A sliding-window cache layer would evict by slot order, which
-        # is not position order in an interleaved layout; the window is applied in the mask instead.
-        return DynamicCache()
+@dataclass(eq=False)
+class Sequence:
+    """One request inside the engine."""
 
-    def _mask(self, rows: list[torch.Tensor], total: int) -> torch.Tensor:
-        mask = torch.zeros(len(rows), total, dtype=torch.bool)
-        for i, row in enumerate(rows):
-            mask[i, : row.numel()] = row
-        return mask
+    decoding: Program
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    # Called on the engine thread after every step that advanced this request, and once at the end.
+    on_step: Callable[[Sequence], None] | None = None
+    record_logits: bool = False  # keep (thread indices, logits) of every sampling step
+    record_logprobs: bool = False  # keep (step, thread, log-prob of the token taken) of every sampled row
+    id: int = field(default_factory=lambda: next(_ids))
+    status: str = "waiting"  # waiting | running | done | cancelled | failed
+    error: BaseException | None = None
+    result: Any = None
+    logits: list[tuple[list[int], torch.Tensor]] = field(default_factory=list)
+    logprobs: list[tuple[int, int, float]] = field(default_factory=list)
+    started: float = 0.0
+    table: PageTable | None = None
+    streams: RandomStreams | None = None
+    stop_requested: bool = False  # e.g. a stop string was produced: finish at the next step boundary
+    space: _CacheSpace | None = None  # batch-invariant mode: this request's own KV cache
 
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "cancelled", "failed")
+
+
+class _CacheSpace:
+    """A slot cache with its page pool and the position id of every global slot (for sliding windows)."""
+
+    def __init__(self, num_layers: int, config: SlotCacheConfig) -> None:
+        self.pool = PagePool(config)
+        self.cache = SlotCache(num_layers, self.pool)
+        self.key_positions = torch.zeros(0, dtype=torch.long)
+
+    def positions_buffer(self) -> torch.Tensor:
+        if self.key_positions.numel() < self.cache.capacity:
+            grown = torch.zeros(self.cache.capacity, dtype=torch.long)
+            grown[: self.key_positions.numel()] = self.key_positions
+            self.key_positions = grown
+        return self.key_positions
+
+
+class Engine:
+    def __init__(self, model: torch.nn.Module, config: EngineConfig | None = None,
+                 runner: ModelRunner | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.runner = runner or ModelRunner(model)
+        self._layers = model.config.num_hidden_layers
+        self.space = _CacheSpace(self._layers, self.config.cache)
+        self.running: list[Sequence] = []
+        self.waiting: list[Sequence] = []
+        self.steps = 0
+        self.tokens_fed = 0  # tokens through the model so far (prefill pieces included): the work behind the steps
+
+    @property
+    def pool(self) -> PagePool:
+        return self.space.pool
+
+    @property
+    def cache(self) -> SlotCache:
+        return self.space.cache
+
+    # -- membership ----------------------------------------------------------------------------------------------
+    def add(self, seq: Sequence) -> Sequence:
+        seq.status = "waiting"
+        seq.streams = seq.sampling.streams()
+        self.waiting.append(seq)
+        return seq
+
+    def cancel(self, seq: Sequence) -> None:
+        """Drop a request now (between steps): its pages are freed and it is never stepped again."""
+        if seq.finished:
+            return
+        self._retire(seq, "cancelled")
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def _admit(self) -> None:
+        budget = self.config.max_step_tokens - len(self.running)
+        while self.waiting and len(self.running) < self.config.max_batch:
+            seq = self.waiting[0]
+            need = len(seq.decoding.prompt_ids)
+            if self.config.prefill_chunk is not None:
+                need = min(need, self.config.prefill_chunk)
+            if self.running and need > budget:
+                break  # its prefill would make this step too long; it joins at a later step
+            self.waiting.pop(0)
+            budget -= need
+            seq.status = "running"
+            seq.started = time.perf_counter()
+            if self.config.batch_invariant:
+                seq.space = _CacheSpace(self._layers, self.config.cache)
+            seq.table = PageTable((seq.space or self.space).pool)
+            self.running.append(seq)
+
+    def _retire(self, seq: Sequence, status: str, error: BaseException | None = None) -> None:
+        seq.status = status
+        seq.error = error
+        if seq.table is not None:
+            seq.table.release()
+        seq.space = None  # its own cache (batch-invariant mode) goes with it
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        if status in ("done", "cancelled") and seq.result is None and seq.decoding.steps:
+            seq.result = seq.decoding.result(time.perf_counter() - seq.started)
+            if hasattr(seq.result, "logits"):
+                seq.result.logits, seq.result.logprobs = seq.logits, seq.logprobs
+        if seq.on_step is not None:
+            try:
+                seq.on_step(seq)
+            except Exception:  # a broken listener must not stop the engine
+                pass
+
+    # -- one step --------------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward(self, cache, inputs: StepInputs, key_positions: list[int]) -> torch.Tensor:
-        """Feed `inputs` (appended to `cache`); returns float32 logits [len(logit_rows), vocab].
-        `key_positions` are the position ids of every slot so far (used for sliding-window layers)."""
-        total = inputs.slots[-1] + 1
-        mask = self._mask(inputs.rows, total)[None, None]
-        attention_mask = model_attention_mask(
-            self.model, mask, torch.tensor(inputs.positions), torch.tensor(key_positions[:total])
-        )
-        kwargs = {
-            "input_ids": torch.tensor([inputs.token_ids], device=self.device),
-            "position_ids": torch.tensor([inputs.positions], device=self.device),
-            "attention_mask": attention_mask,
-            self._cache_kwarg: cache,
-            "use_cache": True,
-            "logits_to_keep": torch.tensor(inputs.logit_rows, device=self.device),
-        }
-        out = self.model(**kwargs)
-        return out.logits[0].float()
+    def step(self) -> list[Sequence]:
+        """Advance every running request by one forward pass. Returns the requests that finished in it."""
+        for seq in [s for s in self.running if s.stop_requested]:
+            self._retire(seq, "done")
+        self._admit()
+        if not self.running:
+            return []
+        invariant = self.config.batch_invariant
+        batch: list[tuple[Sequence, StepInputs]] = []
+        for seq in list(self.running):
+            try:
+                inputs = seq.decoding.next_inputs(None if invariant else self.config.prefill_chunk)
+                seq.table.ensure(inputs.slots[-1] + 1)
+                batch.append((seq, inputs))
+            except Exception as exc:  # one request's failure (a bug, or the cache is full) stays its own
+                self._retire(seq, "failed", exc)
+        if not batch:
+            return []
+        self.steps += 1
+        finished: list[Sequence] = []
+        per_request: list[tuple[Sequence, StepInputs, torch.Tensor]] = []
+        groups = [[item] for item in batch] if invariant else [batch]  # invariant: one pass per request
+        for group in groups:
+            try:
+                logits = self._forward(group, group[0][0].space or self.space)
+            except Exception as exc:
+                for seq, _ in group:
+                    self._retire(seq, "failed", exc)
+                    finished.append(seq)
+                continue
+            offset = 0
+            for seq, inputs in group:
+                per_request.append((seq, inputs, logits[offset : offset + len(inputs.logit_rows)]))
+                offset += len(inputs.logit_rows)
+        for seq, inputs, rows in per_request:
+            try:
+                self._sample(seq, rows)
+            except Exception as exc:
+                self._retire(seq, "failed", exc)
+                finished.append(seq)
+                continue
+            if seq.decoding.done:
+                self._retire(seq, "done")
+                finished.append(seq)
+            elif seq.on_step is not None:
+                seq.on_step(seq)
+        return finished
 
+    def _sample(self, seq: Sequence, rows: torch.Tensor) -> None:
+        decoding = seq.decoding
+        threads = decoding.sampler_threads
+        taken = decoding.advance(sample(rows, seq.sampling, seq.streams, threads))
+        if not threads:  # a prefill piece samples nothing
+            return
+        if seq.record_logprobs:
+            logprobs = torch.log_softmax(rows, dim=-1)
+            seq.logprobs.extend((decoding.steps, thread, float(logprobs[row, token]))
+                                for row, (thread, token) in enumerate(zip(threads, taken)))
+        if seq.record_logits:
+            seq.logits.append((threads, rows.clone()))
 
-def cache_length(cache) -> int:
-    return int(cache.get_seq_length()) if cache is not None else 0
+    def _forward(self, batch: list[tuple[Sequence, StepInputs]], space: _CacheSpace) -> torch.Tensor:
+        """One model call for the batch over `space`; float32 logits of every request's sampling rows, in order."""
+        # Attention reads up to the highest slot in use by the batch, not to the end of its page: a request decoded
+        # alone then attends over exactly its own tokens (its pages are packed from slot 0), the same shapes, and so
+        # the same numerics, in any dtype, as a cache that grows by concatenation.
+        kv_length = max(int(seq.table.prefix(inputs.slots[-1] + 1).max()) + 1 for seq, inputs in batch)
+        key_positions = space.positions_buffer()
+        token_ids: list[int] = []
+        positions: list[int] = []
+        logit_rows: list[int] = []
+        write = torch.cat([seq.table.global_slots(inputs.slots) for seq, inputs in batch])
+        mask = torch.zeros(len(write), kv_length, dtype=torch.bool)
+        for seq, inputs in batch:
+            start = len(token_ids)
+            local = seq.decoding.layout.step_mask(inputs)
+            # Block-diagonal by construction: this request's rows only reach this request's slots.
+            mask[start : start + len(inputs.token_ids)].index_copy_(1, seq.table.prefix(local.shape[1]), local)
+            logit_rows.extend(start + r for r in inputs.logit_rows)
+            token_ids.extend(inputs.token_ids)
+            positions.extend(inputs.positions)
+        self.tokens_fed += len(token_ids)
+        position_tensor = torch.tensor(positions, dtype=torch.long)
+        key_positions[write] = position_tensor
+        space.cache.prepare(write, kv_length)
+        return self.runner.forward(token_ids, position_tensor, mask, key_positions=key_positions[:kv_length],
+                                   cache=space.cache, logit_rows=logit_rows)
+
+    def run_all(self) -> None:
+        """Step until every added request has finished (tests, offline batch use)."""
+        while self.has_work:
+            self.step()

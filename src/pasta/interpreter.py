@@ -8,53 +8,18 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 
 import torch
 
 from .chat import prompt_ids as chat_prompt_ids
-from .decoding import DecodeLimits, Decoding, Mode, ThreadTrace
-from .engine import ModelRunner, cache_length
+from .decoding import DecodeLimits, Decoding, Mode
+from .engine import SINGLE, Engine, Program, Sequence
 from .forcing import forced_program
 from .layout import LayoutConfig
-from .sampling import SamplingParams, sample
-
-
-@dataclass
-class RunStats:
-    mode: str
-    steps: int  # forward passes, prefill included
-    tokens: int  # sampled tokens, all threads (EOS included)
-    threads: int  # async chunks
-    critical_path: int  # steps an unlimited-thread schedule needs
-    theoretical_speedup: float  # tokens / steps
-    wall_s: float
-    prompt_tokens: int
-    cache_tokens: int  # KV-cache length at the end: prompt + tokens fed
-    tokens_per_thread: list[int]
-    timeline: list[ThreadTrace]
-    warnings: list[str] = field(default_factory=list)
-    finish_reason: str = "eos"  # eos | length (the request's token cap) | guard (a runtime guard ended it)
-    guards: list[str] = field(default_factory=list)  # runtime guards that fired (see DecodeLimits)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class GenerationResult:
-    text: str  # the plain answer, reading order
-    annotated: str  # storage form, with tags
-    stats: RunStats
-    # Teacher forcing / diagnostics: per sampled row, (step, thread index, log-prob of the token taken).
-    logprobs: list[tuple[int, int, float]] = field(default_factory=list)
-    # With record_logits: per step, (thread indices, logits [rows, vocab]).
-    logits: list[tuple[list[int], torch.Tensor]] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"text": self.text, "annotated": self.annotated, "stats": self.stats.to_dict()}
+from .results import GenerationResult, RunStats, build_stats  # noqa: F401  (re-exported: the public result types)
+from .runner import ModelRunner
+from .sampling import SamplingParams
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:
@@ -85,6 +50,7 @@ class Interpreter:
         self.model = model
         self.tokenizer = tokenizer
         self.runner = ModelRunner(model)
+        self._engine: Engine | None = None  # built on first use; keeps its KV buffer between requests
         self.layout_config = layout_config or LayoutConfig()
         self.limits = limits or DecodeLimits()
         self.eos_ids = eos_token_ids(model, tokenizer)
@@ -144,56 +110,32 @@ class Interpreter:
 
     def run(
         self,
-        decoding: Decoding,
+        decoding: Program,
         *,
         sampling: SamplingParams | None = None,
         record_logits: bool = False,
         on_step: Callable[[Decoding], None] | None = None,
     ) -> GenerationResult:
-        """Drive a prepared `Decoding` to the end: one forward pass per step over one KV cache."""
-        sampling = sampling or SamplingParams()
-        streams = sampling.streams()
-        cache = self.runner.new_cache()
-        result_logprobs: list[tuple[int, int, float]] = []
-        recorded: list[tuple[list[int], torch.Tensor]] = []
-        forced = any(t.forced is not None for t in decoding.threads)
-        started = time.perf_counter()
-        while not decoding.done:
-            inputs = decoding.next_inputs()
-            logits = self.runner.forward(cache, inputs, decoding.layout.positions)
-            threads = decoding.sampler_threads
-            taken = decoding.advance(sample(logits, sampling, streams, threads))
-            if forced:
-                logprobs = torch.log_softmax(logits, dim=-1)
-                for row, (thread, token) in enumerate(zip(threads, taken)):
-                    result_logprobs.append((decoding.steps, thread, float(logprobs[row, token])))
-            if record_logits:
-                recorded.append((threads, logits.clone()))
-            if on_step is not None:
-                on_step(decoding)
-        wall = time.perf_counter() - started
-        annotated, text = decoding.stitch()
-        stats = build_stats(decoding, wall, cache_length(cache))
-        return GenerationResult(text=text, annotated=annotated, stats=stats, logprobs=result_logprobs, logits=recorded)
-
-
-def build_stats(decoding: Decoding, wall_s: float, cache_tokens: int) -> RunStats:
-    return RunStats(
-        mode=decoding.mode,
-        steps=decoding.steps,
-        tokens=decoding.sampled,
-        threads=len(decoding.threads) - 1,
-        critical_path=decoding.critical_path(),
-        theoretical_speedup=decoding.sampled / max(1, decoding.steps),
-        wall_s=wall_s,
-        prompt_tokens=len(decoding.prompt_ids),
-        cache_tokens=cache_tokens,
-        tokens_per_thread=[t.trace.sampled for t in decoding.threads],
-        timeline=[t.trace for t in decoding.threads],
-        warnings=list(decoding.warnings),
-        finish_reason=decoding.finish_reason,
-        guards=list(decoding.guards),
-    )
+        """Drive a prepared `Decoding` (or any engine `Program`, e.g. SoT's `PointExpansion`) to the end on the
+        engine, alone: one forward pass per step over one KV cache. Log-probs of the taken tokens are recorded under
+        teacher forcing. Returns the program's result (a `GenerationResult` for a `Decoding`)."""
+        if self._engine is None or self._engine.runner is not self.runner:
+            self._engine = Engine(self.model, SINGLE, runner=self.runner)
+        engine = self._engine
+        seq = Sequence(decoding, sampling=sampling or SamplingParams(), record_logits=record_logits,
+                       record_logprobs=decoding.forced)
+        engine.add(seq)
+        try:
+            while not seq.finished:
+                engine.step()
+                if on_step is not None and seq.status in ("running", "done"):
+                    on_step(decoding)
+        finally:
+            if not seq.finished:  # interrupted (an exception in on_step, KeyboardInterrupt): free its pages
+                engine.cancel(seq)
+        if seq.status == "failed":
+            raise seq.error
+        return seq.result
 
 
 def layout_config_for(loaded) -> LayoutConfig:

@@ -10,22 +10,13 @@ from __future__ import annotations
 import torch
 
 from .decoding import Decoding
-from .engine import ModelRunner, model_attention_mask
+from .runner import ModelRunner
 from .sampling import SamplingParams, sample
 
 
-@torch.inference_mode()
 def full_forward(runner: ModelRunner, token_ids: list[int], positions: list[int], mask: torch.Tensor) -> torch.Tensor:
     """Logits [slots, vocab] for a whole laid-out sequence (no cache)."""
-    pos = torch.tensor(positions)
-    attention_mask = model_attention_mask(runner.model, mask[None, None], pos, pos)
-    out = runner.model(
-        input_ids=torch.tensor([token_ids], device=runner.device),
-        position_ids=torch.tensor([positions], device=runner.device),
-        attention_mask=attention_mask,
-        use_cache=False,
-    )
-    return out.logits[0].float()
+    return runner.forward(token_ids, positions, mask)
 
 
 def reference_generate(

@@ -11,7 +11,7 @@ from tiny import ByteTokenizer, tiny_model
 from pasta.decoding import DecodeLimits
 from pasta.interpreter import Interpreter
 from pasta.sampling import SamplingParams
-from pasta.serve.batch import BatchConfig, BatchEngine, Sequence
+from pasta.engine import Engine, EngineConfig, Sequence
 from pasta.slot_cache import SlotCacheConfig
 
 TOK = ByteTokenizer()
@@ -60,13 +60,13 @@ def test_concurrent_equals_alone(family):
     interp = Interpreter(tiny_model(family), TOK, limits=DecodeLimits(max_new_tokens=48))
     reqs = _requests(interp)
     # Small pages: requests' pages interleave in the shared buffer, and the buffer has to grow.
-    config = BatchConfig(max_batch=8, cache=SlotCacheConfig(page_size=8, initial_pages=2))
+    config = EngineConfig(max_batch=8, cache=SlotCacheConfig(page_size=8, initial_pages=2))
     alone = []
     for req in reqs:
-        engine = BatchEngine(interp.model, config)
+        engine = Engine(interp.model, config)
         alone.append(engine.add(_seq(interp, req)))
         engine.run_all()
-    engine = BatchEngine(interp.model, config)
+    engine = Engine(interp.model, config)
     together = [engine.add(_seq(interp, req)) for req in reqs]
     engine.run_all()
     assert engine.pool.used == 0  # every page came back
@@ -78,7 +78,7 @@ def test_concurrent_equals_alone(family):
 def test_batched_equals_single_request_interpreter():
     interp = Interpreter(tiny_model("qwen2"), TOK, limits=DecodeLimits(max_new_tokens=40))
     reqs = _requests(interp)
-    engine = BatchEngine(interp.model, BatchConfig(cache=SlotCacheConfig(page_size=16, initial_pages=4)))
+    engine = Engine(interp.model, EngineConfig(cache=SlotCacheConfig(page_size=16, initial_pages=4)))
     seqs = [engine.add(_seq(interp, r)) for r in reqs]
     engine.run_all()
     for req, seq in zip(reqs, seqs):
@@ -93,12 +93,12 @@ def test_batched_equals_single_request_interpreter():
 
 def test_join_leave_cancel_and_failure_do_not_disturb_others():
     interp = Interpreter(tiny_model("llama"), TOK, limits=DecodeLimits(max_new_tokens=30))
-    config = BatchConfig(max_batch=3, cache=SlotCacheConfig(page_size=8, initial_pages=2))
+    config = EngineConfig(max_batch=3, cache=SlotCacheConfig(page_size=8, initial_pages=2))
     reqs = _requests(interp)
-    engine = BatchEngine(interp.model, config)
+    engine = Engine(interp.model, config)
     alone = []
     for req in reqs:
-        e = BatchEngine(interp.model, config)
+        e = Engine(interp.model, config)
         alone.append(e.add(_seq(interp, req)))
         e.run_all()
     seqs = [engine.add(_seq(interp, reqs[0])), engine.add(_seq(interp, reqs[1]))]
@@ -131,7 +131,7 @@ def test_chunked_prefill_is_exact_and_lets_short_requests_through():
     assert len(long_prompt) > 300
     runs = {}
     for chunk in (None, 32):
-        engine = BatchEngine(interp.model, BatchConfig(prefill_chunk=chunk))
+        engine = Engine(interp.model, EngineConfig(prefill_chunk=chunk))
         long = engine.add(Sequence(interp.start(long_prompt, teacher=TEACHERS[0]), record_logits=True))
         short = engine.add(Sequence(interp.start(short_prompt, teacher=TEACHERS[1]), record_logits=True))
         work_before_first_token = None
@@ -159,7 +159,7 @@ def test_batch_invariant_mode_is_bitwise_the_request_alone_in_bf16():
     interpreter, bit for bit, in bf16 and with requests joining mid-way."""
     interp = Interpreter(tiny_model("llama", dtype=torch.bfloat16), TOK, limits=DecodeLimits(max_new_tokens=40))
     reqs = _bf16_requests(interp)
-    engine = BatchEngine(interp.model, BatchConfig(max_batch=4, batch_invariant=True))
+    engine = Engine(interp.model, EngineConfig(max_batch=4, batch_invariant=True))
     seqs = [engine.add(_seq(interp, r)) for r in reqs[:3]]
     engine.step()
     engine.step()
@@ -177,23 +177,21 @@ def test_batch_invariant_mode_is_bitwise_the_request_alone_in_bf16():
 def test_default_mode_no_token_crosses_requests_in_bf16(monkeypatch):
     """What the shared forward pass guarantees in any dtype: a request's rows of the step mask are true only on its
     own slots (its page table), so no request ever attends to another's tokens."""
-    from pasta.serve import batch as batch_module
-
     interp = Interpreter(tiny_model("llama", dtype=torch.bfloat16), TOK, limits=DecodeLimits(max_new_tokens=30))
-    engine = BatchEngine(interp.model, BatchConfig(max_batch=8, cache=SlotCacheConfig(page_size=8, initial_pages=2)))
+    engine = Engine(interp.model, EngineConfig(max_batch=8, cache=SlotCacheConfig(page_size=8, initial_pages=2)))
     captured = []
-    real_mask, real_forward = batch_module.model_attention_mask, engine._forward
+    real_call, real_forward = engine.runner.forward, engine._forward
 
-    def forward(batch):
-        captured.append({"spans": [(seq, len(inputs.rows), set(seq.table.prefix(inputs.slots[-1] + 1).tolist()))
-                                   for seq, inputs, _ in batch]})
-        return real_forward(batch)
+    def forward(batch, space):
+        captured.append({"spans": [(seq, len(inputs.token_ids), set(seq.table.prefix(inputs.slots[-1] + 1).tolist()))
+                                   for seq, inputs in batch]})
+        return real_forward(batch, space)
 
-    def mask_spy(model, mask, *a, **k):
-        captured[-1]["mask"] = mask[0, 0].clone()
-        return real_mask(model, mask, *a, **k)
+    def mask_spy(token_ids, positions, visibility, **kwargs):
+        captured[-1]["mask"] = visibility.clone()
+        return real_call(token_ids, positions, visibility, **kwargs)
 
-    monkeypatch.setattr(batch_module, "model_attention_mask", mask_spy)
+    monkeypatch.setattr(engine.runner, "forward", mask_spy)
     engine._forward = forward
     seqs = [engine.add(_seq(interp, r)) for r in _bf16_requests(interp)]
     engine.run_all()

@@ -101,6 +101,34 @@ def test_visibility_matches_declarative_rules(program):
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(op, max_size=25))
+def test_step_rows_equal_the_full_mask(program):
+    """The engine asks for each step's rows right after laying the step out (`rows`/`step_mask`); the collator and
+    the oracle read the whole history (`full_mask`) at the end. Both must give every slot the same row."""
+    layout = Layout(3, LayoutConfig(reserve_factor=1.5, default_tokens=4, max_reserve=20))
+    seen = {slot: row for slot, row in enumerate(layout.rows([0, 1, 2]))}
+    chunks: list[int] = []
+    for operation in program:
+        if operation[0] == "chunk":
+            if not chunks:
+                continue
+            thread, count = chunks[operation[1] % len(chunks)], operation[2]
+            if layout.threads[thread].joined:
+                continue
+        else:
+            if operation[0] == "sync":
+                layout.join()
+            thread, count = MAIN, operation[1] if operation[0] == "main" else 1
+        slots = layout.append(thread, count)
+        seen.update(zip(slots, layout.rows(slots, slots[-1] + 1)))
+        if operation[0] == "fork":
+            chunks.append(layout.fork(operation[1]))
+    full = layout.full_mask()
+    for slot, row in seen.items():
+        assert torch.equal(full[slot, : row.numel()], row) and not full[slot, row.numel():].any(), slot
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(op, max_size=25))
 def test_positions_follow_reservations(program):
     layout, attrs, fork_info, join_epoch = run(program)
     config = layout.config

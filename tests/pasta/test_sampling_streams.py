@@ -12,7 +12,7 @@ from pasta.forcing import forced_program
 from pasta.interpreter import Interpreter
 from pasta.reference import reference_generate
 from pasta.sampling import RandomStreams, SamplingParams, sample
-from pasta.serve.batch import BatchEngine, Sequence
+from pasta.engine import Engine, Sequence
 
 TOK = ByteTokenizer()
 # The main thread is forced (two promises, a sync); both chunks are sampled freely until their budget.
@@ -56,7 +56,7 @@ def test_oracle_and_batch_engine_draw_the_same_streams():
     interp.run(fast, sampling=sampling)
     naive = _decoding(interp, "sequential")
     reference_generate(interp.runner, naive, sampling)
-    engine = BatchEngine(interp.model)
+    engine = Engine(interp.model)
     batched = engine.add(Sequence(_decoding(interp, "async"), sampling=sampling))
     engine.add(Sequence(_decoding(interp, "sequential"), sampling=SamplingParams(temperature=1.0, seed=5)))
     engine.run_all()

@@ -10,7 +10,7 @@ import torch
 from tiny import ByteTokenizer, tiny_model
 
 from pasta.decoding import DecodeLimits
-from pasta.engine import _sliding_window
+from pasta.runner import _sliding_window
 from pasta.interpreter import Interpreter
 
 TOK = ByteTokenizer()

@@ -83,8 +83,8 @@ MUTATIONS = {
     # (c) a chunk that sees the main thread one token past its promise.
     "fork-sees-no-promise-end": (
         layout_module.Layout, "fork",
-        "next_position=main.next_position)",
-        "next_position=main.next_position + 1)"),
+        "next_position=main.next_position,",
+        "next_position=main.next_position + 1,"),
 }
 
 

@@ -3,11 +3,11 @@
 1. Skeleton: the model is asked for a short numbered list of points (the SoT paper's skeleton prompt, with the
    answer prefilled with "1."), decoded sequentially by the interpreter.
 2. Expansion: each point gets the SoT paper's point-expanding prompt ("continue and only continue the writing of
-   point i", answer prefilled with "i. <point>"), and all points are decoded **in parallel through the same
-   engine** (`pasta.engine.ModelRunner`): one KV cache, one forward pass per step, every running point
-   contributing one row. The point prompts share a long common prefix (question + skeleton); it is prefilled
-   once and every point's tokens attend to it plus their own tokens only (a custom 4D mask), each point's
-   positions continuing from the shared prefix. This is exactly a batch of independent requests with prefix
+   point i", answer prefilled with "i. <point>"), and all points are decoded **in parallel on the same engine**
+   (`pasta.engine.Engine`, one program: `PointExpansion`): one KV cache, one forward pass per step, every running
+   point contributing one row. The point prompts share a long common prefix (question + skeleton); it is
+   prefilled once and every point's tokens attend to it plus their own tokens only (branches of one
+   `pasta.layout.Layout`), each point's positions continuing from the shared prefix. This is exactly a batch of independent requests with prefix
    sharing: each point decodes as it would alone (tested against one-by-one decoding).
 
 Why not a Pasta-Lang program (a forced main thread with one promise per point)? SoT gives each point its own
@@ -22,16 +22,14 @@ If the skeleton has no numbered point, the answer is decoded normally (sequentia
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass, field
 
-import torch
-
 from ..decoding import DecodeLimits
-from ..engine import StepInputs
-from ..sampling import SamplingParams, sample
+from ..layout import Layout, StepInputs
+from ..sampling import SamplingParams
 
-__all__ = ["SKELETON_PROMPT", "POINT_PROMPT", "parse_points", "SoTResult", "skeleton_of_thought", "expand_points"]
+__all__ = ["SKELETON_PROMPT", "POINT_PROMPT", "parse_points", "SoTResult", "skeleton_of_thought", "expand_points",
+           "PointExpansion"]
 
 SKELETON_PROMPT = (
     "You're an organizer responsible for only giving the skeleton (not the full content) for answering the question. "
@@ -104,72 +102,95 @@ class Expansion:
     wall_s: float
 
 
+class PointExpansion:
+    """SoT's point expansion as one engine program: the points' longest common token prefix is the prompt (fed
+    once); each point is a branch of the layout (`Layout.fork(reserve=False)`: it sees the prefix and its own
+    tokens, and its positions continue from the prefix), fed its own prompt suffix in the first decoding step and
+    then one token per step. Thread i of the program is point i, so each point samples from its own random stream,
+    as if decoded alone. Stops a point at EOS or `max_tokens_each`, all of them at `max_total` sampled tokens."""
+
+    def __init__(self, requests: list[list[int]], eos_ids: set[int], *, max_tokens_each: int = 256,
+                 max_total: int | None = None) -> None:
+        if not requests or any(not r for r in requests):
+            raise ValueError("expand_points needs at least one non-empty request")
+        shared = min(_common_prefix(requests), min(len(r) for r in requests) - 1)
+        if shared < 1:
+            raise ValueError("the point prompts share no common prefix (they are built from one template)")
+        self.prompt_ids = list(requests[0][:shared])
+        self.layout = Layout(shared)
+        self._branches = [self.layout.fork(None, reserve=False) for _ in requests]
+        self._suffixes = [list(r[shared:]) for r in requests]
+        self.eos_ids = set(eos_ids)
+        self.max_tokens_each, self.max_total = max_tokens_each, max_total
+        self.outputs: list[list[int]] = [[] for _ in requests]
+        self.sampled = [0] * len(requests)
+        self.total = 0
+        self.steps = 0
+        self.done = False
+        self.forced = False
+        self._fed = 0  # prefix tokens fed (chunked prefill)
+        self._running = list(range(len(requests)))
+        self._samplers: list[int] = []
+
+    def next_inputs(self, max_prefill: int | None = None) -> StepInputs:
+        inputs = StepInputs()
+        shared = len(self.prompt_ids)
+        if self._fed < shared:
+            end = shared if max_prefill is None else min(shared, self._fed + max(1, max_prefill))
+            span = list(range(self._fed, end))
+            inputs.token_ids, inputs.slots, inputs.positions = self.prompt_ids[self._fed : end], span, list(span)
+            self._fed = end
+            if end < shared:
+                self._samplers = []
+                return inputs
+        first = self.steps == 0
+        self.steps += 1
+        for i in self._running:
+            tokens = self._suffixes[i] if first else [self.outputs[i][-1]]
+            for slot in self.layout.append(self._branches[i], len(tokens)):
+                inputs.slots.append(slot)
+                inputs.positions.append(self.layout.positions[slot])
+            inputs.token_ids.extend(tokens)
+            inputs.logit_rows.append(len(inputs.token_ids) - 1)
+        self._samplers = list(self._running)
+        return inputs
+
+    @property
+    def sampler_threads(self) -> list[int]:
+        return list(self._samplers)
+
+    def advance(self, sampled: list[int]) -> list[int]:
+        if len(sampled) != len(self._samplers):
+            raise ValueError(f"expected {len(self._samplers)} sampled tokens, got {len(sampled)}")
+        if not self._samplers:  # a prefill piece
+            return []
+        still: list[int] = []
+        for i, token in zip(self._samplers, sampled):
+            if self.max_total is not None and self.total >= self.max_total:
+                break  # the request budget ran out within this step: later rows' tokens are not taken
+            self.sampled[i] += 1
+            self.total += 1
+            if token in self.eos_ids:
+                continue
+            self.outputs[i].append(token)
+            if self.sampled[i] < self.max_tokens_each:
+                still.append(i)
+        if self.max_total is not None and self.total >= self.max_total:
+            still = []
+        self._running = still
+        self.done = not still
+        return list(sampled)
+
+    def result(self, wall_s: float) -> Expansion:
+        return Expansion(self.outputs, self.sampled, self.steps, len(self.prompt_ids), wall_s)
+
+
 def expand_points(interp, requests: list[list[int]], *, sampling: SamplingParams | None = None,
                   max_tokens_each: int = 256, max_total: int | None = None) -> Expansion:
-    """Decode several requests in parallel over one KV cache: their longest common token prefix is fed once, then
-    one forward pass per step carries one token of every running request. Greedy results equal decoding each
-    request alone. Stops a request at EOS or `max_tokens_each`, all of them at `max_total` sampled tokens."""
-    if not requests or any(not r for r in requests):
-        raise ValueError("expand_points needs at least one non-empty request")
-    sampling = sampling or SamplingParams()
-    streams = sampling.streams()  # one stream per point, as if each were decoded alone
-    runner = interp.runner
-    eos = interp.eos_ids
-    shared = min(_common_prefix(requests), min(len(r) for r in requests) - 1)
-    positions: list[int] = list(range(shared))
-    token_ids: list[int] = list(requests[0][:shared])
-    rows: list[torch.Tensor] = [torch.ones(i + 1, dtype=torch.bool) for i in range(shared)]
-    logit_rows: list[int] = []
-    own_slots: list[list[int]] = [[] for _ in requests]
-    next_pos = [shared] * len(requests)
-
-    def add(i: int, token: int, step_tokens, step_slots, step_positions, step_rows) -> None:
-        slot = len(positions)
-        own_slots[i].append(slot)
-        row = torch.zeros(slot + 1, dtype=torch.bool)
-        row[:shared] = True
-        row[torch.tensor(own_slots[i])] = True
-        positions.append(next_pos[i])
-        next_pos[i] += 1
-        step_tokens.append(token)
-        step_slots.append(slot)
-        step_positions.append(positions[-1])
-        step_rows.append(row)
-
-    step_tokens, step_slots, step_pos, step_rows = list(token_ids), list(range(shared)), list(positions), list(rows)
-    for i, request in enumerate(requests):
-        for token in request[shared:]:
-            add(i, token, step_tokens, step_slots, step_pos, step_rows)
-        logit_rows.append(len(step_tokens) - 1)
-    outputs: list[list[int]] = [[] for _ in requests]
-    sampled = [0] * len(requests)
-    running = list(range(len(requests)))
-    cache = runner.new_cache()
-    steps = total = 0
-    started = time.perf_counter()
-    while running:
-        logits = runner.forward(cache, StepInputs(step_tokens, step_slots, step_pos, step_rows, logit_rows), positions)
-        steps += 1
-        chosen = sample(logits, sampling, streams, running)
-        still: list[int] = []
-        for i, token in zip(running, chosen):
-            if max_total is not None and total >= max_total:
-                break  # the request budget ran out within this step: later rows' tokens are not taken
-            sampled[i] += 1
-            total += 1
-            if token in eos:
-                continue
-            outputs[i].append(token)
-            if sampled[i] < max_tokens_each:
-                still.append(i)
-        if max_total is not None and total >= max_total:
-            still = []
-        running = still
-        step_tokens, step_slots, step_pos, step_rows, logit_rows = [], [], [], [], []
-        for i in running:
-            add(i, outputs[i][-1], step_tokens, step_slots, step_pos, step_rows)
-            logit_rows.append(len(step_tokens) - 1)
-    return Expansion(outputs, sampled, steps, shared, time.perf_counter() - started)
+    """Decode several requests in parallel on the interpreter's engine (see `PointExpansion`). Greedy results
+    equal decoding each request alone."""
+    program = PointExpansion(requests, interp.eos_ids, max_tokens_each=max_tokens_each, max_total=max_total)
+    return interp.run(program, sampling=sampling)
 
 
 def skeleton_of_thought(interp, question: str, *, sampling: SamplingParams | None = None,

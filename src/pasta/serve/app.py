@@ -23,9 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..chat import prompt_ids
 from ..decoding import DecodeLimits
+from ..engine import Engine, EngineConfig
 from ..interpreter import Interpreter
 from ..sampling import SamplingParams
-from .batch import BatchConfig, BatchEngine
+from ..threads import ThreadGovernor
 from .config import ServeConfig
 from .scheduler import EngineDown, Job, QueueFull, Scheduler
 from .schemas import APIError, ChatRequest, CompletionRequest, Message, validation_error
@@ -38,11 +39,13 @@ def chat_prompt_ids(tokenizer, messages: list[Message]) -> list[int]:
     return prompt_ids(tokenizer, [{"role": m.role, "content": m.text()} for m in messages])
 
 
-def create_app(interpreter: Interpreter, config: ServeConfig | None = None) -> FastAPI:
+def create_app(interpreter: Interpreter, config: ServeConfig | None = None, *,
+               threads: ThreadGovernor | None = None) -> FastAPI:
+    """The app; `threads` (from `--threads`) is re-checked by the worker between steps."""
     config = config or ServeConfig()
-    engine = BatchEngine(interpreter.model, BatchConfig(max_batch=config.max_batch, prefill_chunk=config.prefill_chunk,
-                                                          batch_invariant=config.batch_invariant))
-    scheduler = Scheduler(engine, max_queue=config.max_queue, stuck_after_s=config.stuck_after_s)
+    engine = Engine(interpreter.model, EngineConfig(max_batch=config.max_batch, prefill_chunk=config.prefill_chunk,
+                                                    batch_invariant=config.batch_invariant), runner=interpreter.runner)
+    scheduler = Scheduler(engine, max_queue=config.max_queue, stuck_after_s=config.stuck_after_s, threads=threads)
     model_name = config.served_model_name or interpreter.name
     created = int(time.time())
 

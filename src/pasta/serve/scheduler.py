@@ -1,4 +1,4 @@
-"""The bridge between the asyncio server and the batch engine: one worker thread owns the model.
+"""The bridge between the asyncio server and the engine (`pasta.engine`): one worker thread owns the model.
 
 Requests arrive from the event loop (`submit`), wait in a bounded queue (full: `QueueFull`, answered 429), join
 the engine's batch between steps, and report back through an asyncio queue per request: text deltas (the final
@@ -25,7 +25,8 @@ from typing import Any
 from ..decoding import Decoding
 from ..sampling import SamplingParams
 from ..streaming import final_prefix
-from .batch import BatchEngine, Sequence
+from ..threads import ThreadGovernor
+from ..engine import Engine, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,10 @@ def _held_back(text: str, stops: list[str]) -> int:
 
 
 class Scheduler:
-    def __init__(self, engine: BatchEngine, *, max_queue: int = 64, stuck_after_s: float = 120.0) -> None:
+    def __init__(self, engine: Engine, *, max_queue: int = 64, stuck_after_s: float = 120.0,
+                 threads: ThreadGovernor | None = None) -> None:
         self.engine = engine
+        self.threads = threads  # re-checks the free CPU cores between steps (`--threads auto`)
         self.stuck_after_s = stuck_after_s
         self.capacity = engine.config.max_batch + max_queue
         self._cond = threading.Condition()
@@ -176,6 +179,8 @@ class Scheduler:
                 if job.seq is not None:
                     self.engine.cancel(job.seq)
             if self.engine.has_work:
+                if self.threads is not None:
+                    self.threads.tick()
                 self._step_since = time.monotonic()
                 try:
                     self.engine.step()

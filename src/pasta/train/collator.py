@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from ..decoding import DecodeLimits, Decoding
-from ..engine import model_attention_mask
 from ..forcing import forced_program
 from ..layout import LayoutConfig
+from ..runner import call_model
 
 IGNORE = -100
 _UNLIMITED = DecodeLimits(max_new_tokens=10**9, max_thread_tokens=10**9, max_threads=10**6)
@@ -103,9 +103,7 @@ def collate(examples: list[LaidOut], pad_id: int = 0) -> dict[str, torch.Tensor]
 
 
 def forward_laid_out(model, batch: dict[str, torch.Tensor]):
-    positions = batch["position_ids"]
-    mask = model_attention_mask(model, batch["attention_mask"], positions, positions)
-    return model(input_ids=batch["input_ids"], position_ids=positions, attention_mask=mask, use_cache=False)
+    return call_model(model, batch["input_ids"], batch["position_ids"], batch["attention_mask"])
 
 
 def token_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,126 @@
+"""The model runner: the one place that calls a Hugging Face causal LM (`call_model`).
+
+The engine (each step over the shared slot cache), the naive oracle (a whole sequence, no cache) and the training
+collator (a padded batch, with gradients) all go through `call_model`, so a position id or a mask convention is
+written once. The visibility mask always comes from `pasta.layout`; this module only converts it to what the
+model's attention implementation wants (an additive float mask for eager attention; sliding windows applied by
+position).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+
+def _sliding_window(config) -> tuple[int, bool] | None:
+    """(window, per_layer) or None. Two conventions exist in Hugging Face models: configs with `layer_types` (Gemma
+    2/3, Qwen2/3, Cohere 2, GPT-OSS, ...) take a dict of masks keyed by layer type; configs without it (Mistral,
+    Mixtral, Phi-3, Starcoder2, ...) apply `sliding_window` to every layer through one mask. Either way a 4-D mask
+    we pass is used as given, so the window must be in it."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return (int(window), True) if "sliding_attention" in layer_types else None
+    return int(window), False
+
+
+def model_attention_mask(
+    model: torch.nn.Module, mask: torch.Tensor, q_positions: torch.Tensor, k_positions: torch.Tensor
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """What to pass as `attention_mask` for a visibility mask [B, 1, q, k] (bool, True = attend).
+
+    Eager attention wants an additive float mask. Sliding windows are applied by *position*, since in a Pasta
+    layout cache order is not position order: a dict by layer type for models with `layer_types` (Gemma 2/3,
+    Qwen2 with `use_sliding_window`, ...), the windowed mask itself for models that window every layer (Mistral,
+    Phi-3, ...)."""
+    config = model.config
+    dtype = next(model.parameters()).dtype
+    device = next(model.parameters()).device
+
+    def convert(m: torch.Tensor) -> torch.Tensor:
+        m = m.to(device)
+        if getattr(config, "_attn_implementation", "sdpa") == "eager":
+            return torch.zeros(m.shape, dtype=dtype, device=device).masked_fill(~m, torch.finfo(dtype).min)
+        return m
+
+    sliding = _sliding_window(config)
+    if sliding is None:
+        return convert(mask)
+    window, per_layer = sliding
+    q = q_positions.reshape(mask.shape[0], 1, -1, 1).to(mask.device)
+    k = k_positions.reshape(mask.shape[0], 1, 1, -1).to(mask.device)
+    windowed = mask & (q - k < window)  # by position: in a Pasta layout cache order is not position order
+    if not per_layer:
+        return convert(windowed)
+    return {"full_attention": convert(mask), "sliding_attention": convert(windowed)}
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """transformers >= 5 calls the cache argument `cache`; older releases `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def call_model(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    visibility: torch.Tensor,
+    *,
+    key_positions: torch.Tensor | None = None,
+    cache=None,
+    cache_argument: str | None = None,
+    logits_to_keep: torch.Tensor | None = None,
+):
+    """One forward pass: `input_ids`/`position_ids` [B, q], `visibility` [B, 1, q, k] bool (True = attend) over the
+    cache's slots plus these tokens (or over these tokens alone when there is no cache), `key_positions` [B, k] the
+    position id of every key (default: `position_ids`, i.e. no cache). Returns the model's output."""
+    attention_mask = model_attention_mask(
+        model, visibility, position_ids, position_ids if key_positions is None else key_positions
+    )
+    kwargs = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask,
+              "use_cache": cache is not None}
+    if cache is not None:
+        kwargs[cache_argument or cache_kwarg(model)] = cache
+    if logits_to_keep is not None:
+        kwargs["logits_to_keep"] = logits_to_keep
+    return model(**kwargs)
+
+
+class ModelRunner:
+    """Inference over a causal LM: float32 logits of the wanted rows, no gradients."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.config = model.config
+        self.device = next(model.parameters()).device
+        self._cache_argument = cache_kwarg(model)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        token_ids: list[int],
+        positions: list[int] | torch.Tensor,
+        visibility: torch.Tensor,
+        *,
+        key_positions: torch.Tensor | None = None,
+        cache=None,
+        logit_rows: list[int] | None = None,
+    ) -> torch.Tensor:
+        """Feed one sequence (batch 1): `visibility` [q, k]. Returns float32 logits [len(logit_rows) or q, vocab]."""
+        device = self.device
+        position_ids = torch.as_tensor(positions, dtype=torch.long)[None]
+        out = call_model(
+            self.model,
+            torch.tensor([token_ids], device=device),
+            position_ids.to(device),
+            visibility[None, None],
+            key_positions=None if key_positions is None else key_positions[None].to(device),
+            cache=cache,
+            cache_argument=self._cache_argument,
+            logits_to_keep=None if logit_rows is None else torch.tensor(logit_rows, dtype=torch.long, device=device),
+        )
+        return out.logits[0].float()
