@@ -9,7 +9,12 @@
   tokens + 1) / steps and `realized_plain` = wall(sequential decoding of the plain text) / wall(async) say what
   the user gains.
 
-    python bench/interpreter.py --json [--model PATH] [--dtype bfloat16] [--repeats 3]
+- vs_llamacpp: decode ms per step of llama.cpp (llama-cpp-python from .venv-llamacpp, the embedded GGUF) next to
+  our sequential engine's, same prompt ids and threads (target: ours within 1.5x).
+- busy_core: sequential decoding while another process spins on one core, / the same idle, for the `auto` thread
+  policy (the CLI default), torch's default and 1 thread (target <= 1.5x with the default).
+
+    python bench/interpreter.py --json [--model PATH] [--dtype bfloat16] [--repeats 3] [--threads 1|auto|torch]
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 
 import torch
 
+from pasta.cli_options import add_threads_option, apply_threads
 from pasta.decoding import DecodeLimits
 from pasta.interpreter import Interpreter
 from pasta.lang import promise_tag
@@ -77,6 +83,87 @@ def bench_seq_vs_hf(interp: Interpreter, prompt: str, new_tokens: int, repeats: 
     return {"tokens": n, "hf_generate_s": hf_s, "engine_sequential_s": our_s, "seq_vs_hf": our_s / hf_s}
 
 
+def _decode_ms_per_step(interp: Interpreter, ids: list[int], n: int) -> tuple[float, int]:
+    """Our sequential decode step: (wall of n tokens - wall of 1 token, i.e. the prefill) / (n - 1)."""
+    one = interp.generate(ids, mode="sequential", limits=DecodeLimits(max_new_tokens=1, max_thread_tokens=1))
+    full = interp.generate(ids, mode="sequential", limits=DecodeLimits(max_new_tokens=n, max_thread_tokens=n))
+    steps = full.stats.tokens - 1
+    return 1000 * (full.stats.wall_s - one.stats.wall_s) / max(1, steps), full.stats.tokens
+
+
+def bench_llamacpp(interp: Interpreter, prompt: str, new_tokens: int, repeats: int, model: str | None) -> dict:
+    """Decode ms per step: llama.cpp (llama-cpp-python, the embedded GGUF as is: Q4_1 with its own kernels) next
+    to our sequential engine on the same prompt ids and thread count, runs interleaved."""
+    import subprocess
+    from pathlib import Path
+
+    from pasta.backends.llamacpp import llamacpp_python
+    from pasta.models import embedded_gguf_path
+
+    python = llamacpp_python()
+    if model is not None and not str(model).endswith(".gguf"):
+        return {"skipped": "llama.cpp needs a .gguf model (the default model has one)"}
+    if not python.is_file():
+        return {"skipped": f"{python} missing: bash scripts/setup.sh --llamacpp"}
+    gguf = str(model or embedded_gguf_path())
+    ids = interp.prompt_ids(prompt)
+    script = Path(__file__).with_name("llamacpp_step.py")
+    threads = torch.get_num_threads()
+    ours, theirs = [], []
+    _decode_ms_per_step(interp, ids, 8)  # warm-up
+    for _ in range(repeats):
+        ours.append(_decode_ms_per_step(interp, ids, new_tokens)[0])
+        done = subprocess.run([str(python), str(script), gguf, "--prompt-ids", ",".join(map(str, ids)),
+                               "--new-tokens", str(new_tokens), "--threads", str(threads), "--repeats", "1"],
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            return {"skipped": f"llama.cpp run failed: {done.stderr[-500:]}"}
+        theirs.append(json.loads(done.stdout.strip().splitlines()[-1])["ms_per_step"])
+    ours_ms, theirs_ms = statistics.median(ours), statistics.median(theirs)
+    return {"threads": threads, "tokens": new_tokens, "ours_ms_per_step": round(ours_ms, 2),
+            "llamacpp_ms_per_step": round(theirs_ms, 2), "ours_vs_llamacpp": round(ours_ms / theirs_ms, 3)}
+
+
+def bench_busy_core(interp: Interpreter, prompt: str, new_tokens: int, repeats: int) -> dict:
+    """Sequential decoding with another process spinning on one core vs idle, per thread policy: `auto` (the
+    default of `pasta generate`/`serve`/`eval`: one thread per core left free), torch's default (one per core),
+    and 1 thread. Idle and busy runs alternate."""
+    import subprocess
+
+    from pasta.threads import ThreadGovernor
+
+    ids = interp.prompt_ids(prompt)
+    limits = DecodeLimits(max_new_tokens=new_tokens, max_thread_tokens=new_tokens)
+    saved = torch.get_num_threads()
+    policies = {"auto": "auto", "torch_default": len(__import__("os").sched_getaffinity(0)), "one_thread": 1}
+    out = {}
+    try:
+        for name, policy in policies.items():
+            idle, busy, used = [], [], {}
+            for _ in range(repeats):
+                for state in ("idle", "busy"):
+                    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if state == "busy" else None
+                    try:
+                        if spinner is not None:
+                            time.sleep(0.5)  # let it take its core
+                        ThreadGovernor(policy)  # as the CLI does at start-up
+                        used[state] = torch.get_num_threads()
+                        wall = interp.generate(ids, mode="sequential", limits=limits).stats.wall_s
+                    finally:
+                        if spinner is not None:
+                            spinner.kill()
+                            spinner.wait()
+                    (idle if state == "idle" else busy).append(wall)
+            out[name] = {"idle_s": round(statistics.median(idle), 3), "busy_s": round(statistics.median(busy), 3),
+                         "slowdown": round(statistics.median(busy) / statistics.median(idle), 3),
+                         "threads_idle": used["idle"], "threads_busy": used["busy"]}
+            print(f"busy core, {name}: {out[name]['slowdown']:.2f}x slower ({used['idle']} -> {used['busy']} threads)",
+                  file=sys.stderr)
+    finally:
+        torch.set_num_threads(saved)
+    return out
+
+
 def bench_parallel(interp: Interpreter, prompt: str, ks: list[int], chunk_tokens: int, repeats: int) -> list[dict]:
     ids = interp.prompt_ids(prompt)
     rows = []
@@ -117,19 +204,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-tokens", type=int, default=48)
     parser.add_argument("--ks", default="2,4,8")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_option(parser)
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: llamacpp, busy")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     interp = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=False)
     prompt = "Write a detailed essay about the history of the printing press and its effects on Europe."
     seq = bench_seq_vs_hf(interp, prompt, args.new_tokens, args.repeats)
     print(f"sequential engine / HF generate: {seq['seq_vs_hf']:.3f}", file=sys.stderr)
+    llamacpp = None if "llamacpp" in skip else bench_llamacpp(interp, prompt, args.new_tokens, args.repeats, args.model)
+    if llamacpp:
+        print(f"llama.cpp: {llamacpp}", file=sys.stderr)
     parallel = bench_parallel(interp, prompt, [int(k) for k in args.ks.split(",")], args.chunk_tokens, args.repeats)
+    threads = torch.get_num_threads()
+    busy = None if "busy" in skip else bench_busy_core(interp, prompt, args.new_tokens, args.repeats)
     report = {
-        "model": interp.name, "dtype": args.dtype, "torch_threads": torch.get_num_threads(),
-        "seq_vs_hf": round(seq["seq_vs_hf"], 3), "seq_detail": seq, "parallel": parallel,
+        "model": interp.name, "dtype": args.dtype, "torch_threads": threads,
+        "seq_vs_hf": round(seq["seq_vs_hf"], 3), "seq_detail": seq, "vs_llamacpp": llamacpp, "parallel": parallel,
+        "busy_core": busy,
     }
     if args.json:
         print(json.dumps(report))

@@ -8,6 +8,10 @@ import logging
 import sys
 
 from .backends.openai import add_backend_args, generate_from_args
+from .cli_options import (
+    adapter_from_args, add_limit_options, add_model_options, add_sampling_options, add_threads_option, apply_threads,
+    limits_from_args, sampling_from_args,
+)
 from .data.cli import add_annotate_parser, add_distill_parser
 from .eval.cli import add_eval_parser
 from .serve.cli import add_serve_parser
@@ -17,18 +21,12 @@ from .train.cli import add_train_parser
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="answer a prompt with asynchronous decoding")
     p.add_argument("prompt", help="the user message (chat template applied when the model has one)")
-    p.add_argument("--model", default=None, help="Hugging Face folder, .gguf file, or adapter folder (default: embedded)")
-    p.add_argument("--adapter", default=None, help="a PEFT adapter to apply (default: the embedded Pasta adapter)")
-    p.add_argument("--no-adapter", action="store_true", help="decode with the base model only")
+    add_model_options(p)
     p.add_argument("--sequential", action="store_true", help="decode chunks one after another (same answer, no parallelism)")
     p.add_argument("--teacher", default=None, help="file with an annotated response to force (measures speed only)")
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--max-thread-tokens", type=int, default=256)
-    p.add_argument("--max-threads", type=int, default=8)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--dtype", default="auto", help="float32 | bfloat16 | auto (bf16 where the hardware has fast bf16)")
+    add_limit_options(p)
+    add_sampling_options(p)
+    add_threads_option(p)
     p.add_argument("--raw", action="store_true", help="no chat template: the prompt is the text itself")
     p.add_argument("--json", action="store_true", help="print one JSON object (text, annotated, stats)")
     p.add_argument("--compare", action="store_true",
@@ -54,22 +52,20 @@ def _read_teacher(path: str) -> str:
 
 
 def _run_generate(args) -> int:
-    from .decoding import DecodeLimits
     from .interpreter import Interpreter
-    from .sampling import SamplingParams
 
     if args.backend == "openai":
         return _print_remote(generate_from_args(args), args)
-    limits = DecodeLimits(args.max_new_tokens, args.max_thread_tokens, args.max_threads)
+    limits = limits_from_args(args)
     seed = args.seed
     if seed is None and args.compare and args.temperature > 0:  # one seed for both runs: the same answer, sampled
         import random
 
         seed = random.getrandbits(63)
-    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=seed)
+    sampling = sampling_from_args(args, seed=seed)
     teacher = _read_teacher(args.teacher) if args.teacher else None  # before the model loads: fail fast
-    adapter = False if args.no_adapter else (args.adapter or True)
-    interp = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter, limits=limits)
+    apply_threads(args)
+    interp = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter_from_args(args), limits=limits)
     result = interp.generate(
         args.prompt, sampling=sampling, mode="sequential" if args.sequential else "async", teacher=teacher,
         chat=not args.raw,

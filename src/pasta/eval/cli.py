@@ -7,6 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli_options import (
+    adapter_from_args, add_limit_options, add_model_options, add_sampling_options, add_threads_option, apply_threads,
+)
 from .runner import SYSTEMS, EvalConfig
 
 
@@ -17,16 +20,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)} "
                    "(sequential is always added: it is the speed reference)")
     p.add_argument("--baseline", default="sequential", help="system the judge compares every other system against")
-    p.add_argument("--model", default=None, help="Hugging Face folder, .gguf file, or adapter folder (default: embedded)")
-    p.add_argument("--adapter", default=None, help="Pasta adapter for the 'pasta' system (default: the embedded one)")
-    p.add_argument("--no-adapter", action="store_true", help="'pasta' system without adapter")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--max-thread-tokens", type=int, default=256)
-    p.add_argument("--max-threads", type=int, default=8)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    add_model_options(p, dtype="float32")
+    add_limit_options(p)
+    add_sampling_options(p, seed=0)
     p.add_argument("--sot-skeleton-tokens", type=int, default=128)
     p.add_argument("--sot-max-points", type=int, default=10)
     p.add_argument("--judge", choices=["openai", "local", "none"], default="none",
@@ -41,7 +37,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", action="append", default=[], metavar="LABEL=SUMMARY.json",
                    help="draw another run's points on the Pareto plot (repeatable)")
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_threads_option(p)
     p.add_argument("--json", action="store_true", help="print the summary JSON")
     p.add_argument("--quiet", action="store_true")
 
@@ -76,7 +72,7 @@ def build_judge(args, systems=None):
 
 
 def config_from_args(args) -> EvalConfig:
-    adapter = False if args.no_adapter else (args.adapter or True)
+    adapter = adapter_from_args(args)
     return EvalConfig(
         out=args.out, prompts=args.prompts, limit=args.limit,
         systems=tuple(s.strip() for s in args.systems.split(",") if s.strip()), baseline=args.baseline,
@@ -92,10 +88,7 @@ def run_eval_command(args) -> int:
     from .prompts import load_prompts
     from .runner import check_run_config, load_systems, run_eval
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    governor = apply_threads(args)
     config = config_from_args(args)
     compare = []
     for spec in args.compare:
@@ -110,7 +103,11 @@ def run_eval_command(args) -> int:
     check_run_config(Path(config.out), config)
     systems = load_systems(config)
     judge = build_judge(args, systems)
-    progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    def progress(msg: str) -> None:  # called after every generation: also re-checks the free cores
+        governor.tick()
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
     summary = run_eval(config, systems=systems, judge=judge, judge_concurrency=args.judge_concurrency if args.judge == "openai" else 1,
                        items=items, progress=progress, compare=compare)
     if args.json:

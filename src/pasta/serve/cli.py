@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli_options import adapter_from_args, add_limit_options, add_model_options, add_threads_option, apply_threads
+
 
 def add_serve_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve an OpenAI-compatible API with asynchronous decoding and batching")
-    p.add_argument("--model", default=None, help="Hugging Face folder, .gguf file, or adapter folder (default: embedded)")
-    p.add_argument("--adapter", default=None, help="a PEFT adapter to apply (default: the embedded Pasta adapter)")
-    p.add_argument("--no-adapter", action="store_true", help="serve the base model only")
-    p.add_argument("--dtype", default="auto", help="float32 | bfloat16 | auto")
+    add_model_options(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served-model-name", default=None, help="the id /v1/models lists (default: the model's name)")
@@ -20,29 +19,26 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond the batch before 429")
     p.add_argument("--max-tokens-limit", type=int, default=2048, help="the largest max_tokens a request may ask for")
     p.add_argument("--default-max-tokens", type=int, default=256)
-    p.add_argument("--max-thread-tokens", type=int, default=256)
-    p.add_argument("--max-threads", type=int, default=8)
+    add_limit_options(p, max_new_tokens=False)
     p.add_argument("--prefill-chunk", type=int, default=128,
                    help="prompt tokens per step while prefilling, so long prompts do not stall others (0: no chunking)")
     p.add_argument("--batch-invariant", action="store_true",
                    help="each request its own forward pass and cache: answers do not depend on other requests "
                         "(bitwise, any dtype), at the cost of the batching speedup")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_option(p)
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=run_serve)
     return p
 
 
 def run_serve(args) -> int:
-    import torch
     import uvicorn
 
     from ..interpreter import Interpreter
     from .app import create_app
     from .config import ServeConfig
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    governor = apply_threads(args)
     config = ServeConfig(
         host=args.host, port=args.port, max_batch=args.max_batch, max_queue=args.max_queue,
         max_tokens_limit=args.max_tokens_limit, default_max_tokens=min(args.default_max_tokens, args.max_tokens_limit),
@@ -50,9 +46,8 @@ def run_serve(args) -> int:
         served_model_name=args.served_model_name, prefill_chunk=args.prefill_chunk or None,
         batch_invariant=args.batch_invariant,
     )
-    adapter = False if args.no_adapter else (args.adapter or True)
-    interpreter = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter)
-    app = create_app(interpreter, config)
+    interpreter = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter_from_args(args))
+    app = create_app(interpreter, config, threads=governor)
     print(f"pasta serve: {config.served_model_name or interpreter.name} on http://{config.host}:{config.port}/v1 "
           f"(max batch {config.max_batch}, {'sequential' if config.sequential else 'async'})", flush=True)
     uvicorn.Server(uvicorn_config(app, config, log_level=args.log_level)).run()

@@ -1,0 +1,63 @@
+"""Command-line options shared by `pasta generate`, `pasta serve`, `pasta eval` and the bench scripts: one
+definition (name, default, help) each, and one place that turns them into configs."""
+
+from __future__ import annotations
+
+import argparse
+
+from .decoding import DecodeLimits
+from .sampling import SamplingParams
+from .threads import ThreadGovernor, parse_threads
+
+
+def add_model_options(p: argparse.ArgumentParser, *, dtype: str = "auto") -> None:
+    p.add_argument("--model", default=None, help="Hugging Face folder, .gguf file, or adapter folder (default: embedded)")
+    p.add_argument("--adapter", default=None, help="a PEFT adapter to apply (default: the embedded Pasta adapter)")
+    p.add_argument("--no-adapter", action="store_true", help="the base model only, no Pasta adapter")
+    p.add_argument("--dtype", default=dtype, help="float32 | bfloat16 | auto (bf16 where the hardware has fast bf16)")
+
+
+def adapter_from_args(args) -> str | bool:
+    """False (no adapter), a path, or True (the embedded default adapter)."""
+    return False if args.no_adapter else (args.adapter or True)
+
+
+def add_limit_options(p: argparse.ArgumentParser, *, max_new_tokens: bool = True) -> None:
+    """`DecodeLimits` budgets (`max_new_tokens` is left out where the request carries it, e.g. the server)."""
+    if max_new_tokens:
+        p.add_argument("--max-new-tokens", type=int, default=512, help="sampled tokens of the answer, all threads")
+    p.add_argument("--max-thread-tokens", type=int, default=256, help="sampled tokens of one async chunk")
+    p.add_argument("--max-threads", type=int, default=8, help="async chunks decoding at the same time")
+
+
+def limits_from_args(args) -> DecodeLimits:
+    return DecodeLimits(max_new_tokens=getattr(args, "max_new_tokens", DecodeLimits.max_new_tokens),
+                        max_thread_tokens=args.max_thread_tokens, max_threads=args.max_threads)
+
+
+def add_sampling_options(p: argparse.ArgumentParser, *, seed: int | None = None) -> None:
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=seed, help="random seed of the sampler (per-thread streams)")
+
+
+def sampling_from_args(args, *, seed: int | None = None) -> SamplingParams:
+    return SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed if seed is None else seed)
+
+
+def _threads(value: str) -> int | str | None:
+    try:
+        return parse_threads(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_threads, default="auto",
+                   help="torch CPU threads: N, 'auto' (default: one per core other processes leave free, re-checked "
+                        "while running) or 'torch' (torch's own default, one per core)")
+
+
+def apply_threads(args, *, interval_s: float = 5.0) -> ThreadGovernor:
+    """Set torch's thread count from `--threads`; long-running callers `tick()` the governor between steps."""
+    return ThreadGovernor(args.threads, interval_s=interval_s)
