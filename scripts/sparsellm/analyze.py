@@ -136,7 +136,9 @@ def main() -> None:
     (OUT / "analysis.json").write_text(json.dumps(out, indent=2))
 
     # 6) markdown summary
-    md = ["| run | params | avg params | final params | tokens | eval loss |", "|---|---|---|---|---|---|"]
+    md = ["Parameters counted (column `params_counted`): non_embedding_linear = every linear weight (attention, MLP, "
+          "untied head); no embedding, no norms.", "",
+          "| run | params | avg params | final params | tokens | eval loss |", "|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['name']} | {r['params']:,} | {r['avg_params']:,.0f} | {r['final_params']:,.0f} | "
                   f"{r['tokens'] / 1e6:.2f}M | {r['loss']:.4f} |")

@@ -87,7 +87,7 @@ def run(job: dict) -> dict:
     return s
 
 
-COLS = ["name", "group", "preset", "params", "avg_params", "final_params", "sparsity", "tokens", "loss",
+COLS = ["name", "group", "preset", "params_counted", "params", "avg_params", "final_params", "sparsity", "tokens", "loss",
         "train_loss", "avg_density", "predicted_avg_density", "final_density", "steps", "start_step", "end_step",
         "training_flops", "total_params", "seconds"]
 
