@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             remote_s = time.perf_counter() - t0
             rows.append({
                 "prompt": prompt, "local_s": local_s, "local_tokens": mine.stats.tokens,
-                "remote_s": remote_s, "remote_tokens": theirs.stats.tokens, "remote_requests": theirs.stats.requests,
+                "remote_s": remote_s, "remote_tokens": theirs.stats.tokens, "remote_requests": theirs.stats.remote.requests,
                 "local_ms_per_token": 1000 * local_s / max(1, mine.stats.tokens),
                 "remote_ms_per_token": 1000 * remote_s / max(1, theirs.stats.tokens),
                 "same_text": mine.text.strip() == theirs.text.strip(),
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         "max_new_tokens": a.max_new_tokens, "local_dtype": a.dtype, "threads": 1, "prompts": rows,
         "median_local_ms_per_token": local_ms, "median_remote_ms_per_token": remote_ms,
         "remote_vs_local_time_per_token": remote_ms / local_ms,
-        "fork": {"requests": fork.stats.requests, "threads": fork.stats.threads, "completion_tokens": fork.stats.tokens,
-                 "prompt_tokens_sent": fork.stats.prompt_tokens, "wall_s": fork_s, "annotated": fork.annotated,
+        "fork": {"requests": fork.stats.remote.requests, "threads": fork.stats.threads, "completion_tokens": fork.stats.tokens,
+                 "prompt_tokens_sent": fork.stats.remote.prompt_tokens, "wall_s": fork_s, "annotated": fork.annotated,
                  "warnings": fork.stats.warnings},
     }
     if a.json:
@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"median ms/token: local engine {local_ms:.1f}, llama.cpp via the remote backend {remote_ms:.1f} "
               f"({report['remote_vs_local_time_per_token']:.2f}x)")
-        print(f"forced fork: {fork.stats.requests} requests, {fork.stats.tokens} completion tokens, "
-              f"{fork.stats.prompt_tokens} prompt tokens sent")
+        print(f"forced fork: {fork.stats.remote.requests} requests, {fork.stats.tokens} completion tokens, "
+              f"{fork.stats.remote.prompt_tokens} prompt tokens sent")
     return 0
 
 

@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                      "--concurrency", "2", "--max-tokens", "512", "--no-progress")
         summary["annotate"] = {"returncode": done.returncode, "stdout": done.stdout[-2000:], "stderr": done.stderr[-1500:]}
         summary["generate"] = [
-            {"prompt": r["prompt"], **{m: ({k: r[m]["stats"].get(k) for k in ("requests", "threads", "tokens",
-                                                                             "peak_concurrency", "wall_s")}
+            {"prompt": r["prompt"], **{m: ({**{k: r[m]["stats"].get(k) for k in ("threads", "tokens", "wall_s")},
+                                            **{k: (r[m]["stats"].get("remote") or {}).get(k)
+                                               for k in ("requests", "peak_concurrency")}}
                                           if "stats" in r[m] else r[m]) for m in ("async", "sequential")}}
             for r in answers]
     (a.out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))

@@ -110,8 +110,9 @@ def _print_remote(result, args) -> int:
         return 0
     s = result.stats
     print(result.text)
-    print(f"\n[remote: {s.tokens} tokens, {s.requests} requests, {s.threads} parallel chunks, "
-          f"peak concurrency {s.peak_concurrency}, {s.wall_s:.1f}s]", file=sys.stderr)
+    print(f"\n[remote: {s.tokens} tokens, {s.remote.requests} requests, {s.threads} parallel chunks, "
+          f"peak concurrency {s.remote.peak_concurrency}, critical path {s.critical_path} steps, {s.wall_s:.1f}s]",
+          file=sys.stderr)
     return 0
 
 

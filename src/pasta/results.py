@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,9 @@ class RunStats:
     warnings: list[str] = field(default_factory=list)
     finish_reason: str = "eos"  # eos | length (the request's token cap) | guard (a runtime guard ended it)
     guards: list[str] = field(default_factory=list)  # runtime guards that fired (see DecodeLimits)
+    # The remote backend only: requests, prompt tokens re-sent, peak concurrency (`backends.openai.RemoteStats`).
+    # Its steps are the critical path (it cannot see the server's forward passes) and cache_tokens is 0.
+    remote: Any = None
 
     def to_dict(self) -> dict:
         return asdict(self)

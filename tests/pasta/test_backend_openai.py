@@ -20,6 +20,7 @@ from pasta.serve.config import ServeConfig  # noqa: E402
 P = "Q: tips?\nA: "
 A = 'Intro <promise topic="a" tokens="5"/>'
 B = ' and <promise topic="b"/>'
+CA = "alpha body, long enough to outlast the main thread"  # so the sync must wait for it
 
 
 def _completion(text, stop_reason=None, finish="stop"):
@@ -30,15 +31,15 @@ def _completion(text, stop_reason=None, finish="stop"):
 
 
 def scripted(with_stop_reason: bool, gate: threading.Event | None = None):
-    """Main thread: Intro, promise a, promise b, sync, end. Chunks: 'alpha body', 'beta body'."""
+    """Main thread: Intro, promise a, promise b, sync, end. Chunks: CA (long), 'beta body'."""
     sr = (lambda s: s) if with_stop_reason else (lambda s: False)
     main = {
         P: ('Intro <promise topic="a" tokens="5"', sr("/>")),
         P + A: (' and <promise topic="b"', sr("/>")),
         P + A + B: (" wait<sync", sr("/>")),
-        P + A + "<async>alpha body</async>" + B + "<async>beta body</async> wait<sync/>": (" the end.", None),
+        P + A + f"<async>{CA}</async>" + B + "<async>beta body</async> wait<sync/>": (" the end.", None),
     }
-    chunks = {P + A + "<async>": "alpha body", P + A + B + "<async>": "beta body"}
+    chunks = {P + A + "<async>": CA, P + A + B + "<async>": "beta body"}
 
     def handler(req: StubRequest):
         if req.endpoint == "models":
@@ -68,10 +69,24 @@ def test_fork_sync_protocol(with_stop_reason):
     with OpenAIStub(scripted(with_stop_reason, gate)) as stub:
         remote = RemoteInterpreter(RemoteConfig(base_url=stub.base_url, max_new_tokens=200))
         result = remote.generate(P, chat=False)
-        assert result.annotated == (A + "<async>alpha body</async>" + B + "<async>beta body</async> wait<sync/> the end.")
-        assert result.text == "Intro alpha body and beta body wait the end."
-        assert result.stats.threads == 2 and result.stats.requests == 6
-        assert result.stats.peak_concurrency >= 2
+        assert result.annotated == (A + f"<async>{CA}</async>" + B + "<async>beta body</async> wait<sync/> the end.")
+        assert result.text == f"Intro {CA} and beta body wait the end."
+        stats = result.stats
+        assert stats.threads == 2 and stats.remote.requests == 6 and stats.remote.peak_concurrency >= 2
+        # The interpreter's own RunStats: tokens per thread from each request's usage, and the critical path: main
+        # requests in order, each chunk from its fork, the sync waiting for the slower chunk.
+        n = lambda text: max(1, len(text) // 4)  # noqa: E731 - the stub's completion_tokens
+        intro, second, wait, end = (n('Intro <promise topic="a" tokens="5"'), n(' and <promise topic="b"'),
+                                    n(" wait<sync"), n(" the end."))
+        alpha, beta = n(CA), n("beta body")
+        assert intro + alpha > intro + second + wait  # the sync waits for chunk a: the critical path shows it
+        assert stats.tokens_per_thread == [intro + second + wait + end, alpha, beta]
+        assert stats.tokens == sum(stats.tokens_per_thread) and stats.mode == "async"
+        assert stats.critical_path == stats.steps == max(intro + second + wait, intro + alpha, intro + second + beta) + end
+        assert stats.theoretical_speedup == pytest.approx(stats.tokens / stats.steps)
+        assert [t.topic for t in stats.timeline[1:]] == ["a", "b"] and stats.timeline[1].predicted_tokens == 5
+        assert stats.prompt_tokens == 3 and stats.finish_reason == "eos"
+        assert result.to_dict()["stats"]["remote"]["requests"] == 6
         # The main thread's request after promise a does not contain chunk a (it is not joined yet).
         prompts = [r.json["prompt"] for r in stub.requests_to("completions")]
         assert P + A + B in prompts
@@ -80,8 +95,9 @@ def test_fork_sync_protocol(with_stop_reason):
 def test_sequential_mode_and_server_error():
     with OpenAIStub(scripted(True)) as stub:
         result = RemoteInterpreter(RemoteConfig(base_url=stub.base_url)).generate(P, chat=False, mode="sequential")
-        assert result.text == "Intro alpha body and beta body wait the end."
-        assert result.stats.peak_concurrency == 1
+        assert result.text == f"Intro {CA} and beta body wait the end."
+        assert result.stats.remote.peak_concurrency == 1
+        assert result.stats.steps == result.stats.tokens  # sequential: every token is a step
     with OpenAIStub(lambda req: Reply.error(400, "bad") if req.endpoint == "completions" else None) as stub:
         with pytest.raises(Exception, match="400"):
             RemoteInterpreter(RemoteConfig(base_url=stub.base_url, model="m")).generate("hi")
@@ -96,6 +112,6 @@ def test_end_to_end_against_pasta_serve_sequential():
             "pasta": {"annotated": True}}).json()
         assert direct["pasta"]["mode"] == "sequential"
         assert result.annotated == direct["choices"][0]["text"]  # the backend reads the text as written
-        assert result.stats.requests == 1 and result.stats.tokens == 24
+        assert result.stats.remote.requests == 1 and result.stats.tokens == 24
         chat = remote.generate([{"role": "user", "content": "hi"}])
         assert chat.stats.tokens == 24 and isinstance(chat.text, str)

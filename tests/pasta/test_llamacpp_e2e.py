@@ -34,7 +34,7 @@ def llama_server_url(tmp_path_factory):
 def test_remote_backend_answers_through_llama_cpp(llama_server_url):
     remote = RemoteInterpreter(RemoteConfig(base_url=llama_server_url, max_new_tokens=48, max_thread_tokens=32))
     result = remote.generate("Give three tips for staying healthy.")
-    assert result.text.strip() and result.stats.requests >= 1
+    assert result.text.strip() and result.stats.remote.requests >= 1
     assert 0 < result.stats.tokens <= 48 and result.stats.prompt_tokens > 0  # llama.cpp's usage was read
     again = RemoteInterpreter(RemoteConfig(base_url=llama_server_url, max_new_tokens=48)).generate(
         "Give three tips for staying healthy.", mode="sequential")
@@ -56,7 +56,7 @@ def test_remote_backend_forks_on_a_real_server(llama_server_url):
               '1. <promise topic="walk" tokens="10"/>')
     result = remote.generate(prompt, chat=False)
     stats = result.stats
-    assert stats.requests >= 2, stats  # the main thread stopped at "/>" and went on; a chunk or more was asked for
+    assert stats.remote.requests >= 2, stats  # the main thread stopped at "/>" and went on; a chunk or more was asked for
     assert "<" not in result.text.replace("<br>", "")  # the plain answer carries no tag
     assert not any("cancel" in w for w in stats.warnings)
 

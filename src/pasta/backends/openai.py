@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..chat import prompt_text as chat_prompt_text
+from ..decoding import ThreadTrace
 from ..lang import ASYNC_CLOSE, ASYNC_OPEN, Promise, Sync, Text, parse
 from ..openai_client import OpenAIClient
+from ..results import GenerationResult, RunStats
 
 TAG_END = "/>"
 
@@ -58,27 +60,15 @@ class RemoteConfig:
 
 @dataclass
 class RemoteStats:
-    mode: str
+    """What the remote path costs (in `RunStats.remote`): requests sent, prompt tokens re-sent, concurrency."""
+
     requests: int = 0
-    threads: int = 0
-    tokens: int = 0  # completion tokens, all requests
     prompt_tokens: int = 0  # prompt tokens sent, all requests: what the engine had to read (or find cached)
     peak_concurrency: int = 0
-    wall_s: float = 0.0
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
-@dataclass
-class RemoteResult:
-    text: str
-    annotated: str
-    stats: RemoteStats
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "annotated": self.annotated, "stats": self.stats.to_dict()}
+# The remote backend returns the interpreter's own result type (text, annotated, RunStats with `remote` set).
+RemoteResult = GenerationResult
 
 
 @dataclass
@@ -89,6 +79,9 @@ class _Piece:
     promise: bool = False
     chunk: asyncio.Task | None = None
     joined: bool = False
+    topic: str | None = None
+    predicted: int | None = None
+    tokens: int = 0  # completion tokens of its chunk
 
 
 class RemoteInterpreter:
@@ -100,10 +93,10 @@ class RemoteInterpreter:
         self._template = None
 
     # -- public API ---------------------------------------------------------------------------------------------
-    def generate(self, prompt: str | list[dict], *, mode: str = "async", chat: bool = True) -> RemoteResult:
+    def generate(self, prompt: str | list[dict], *, mode: str = "async", chat: bool = True) -> GenerationResult:
         return asyncio.run(self.agenerate(prompt, mode=mode, chat=chat))
 
-    async def agenerate(self, prompt: str | list[dict], *, mode: str = "async", chat: bool = True) -> RemoteResult:
+    async def agenerate(self, prompt: str | list[dict], *, mode: str = "async", chat: bool = True) -> GenerationResult:
         if mode not in ("async", "sequential"):
             raise ValueError(f"mode must be 'async' or 'sequential', got {mode!r}")
         try:
@@ -111,7 +104,7 @@ class RemoteInterpreter:
             run = _Run(self, self.prompt_text(prompt, chat=chat), mode)
             if chat and not self.config.tokenizer:
                 # Met against llama.cpp: a chat model then reads a transcript it was never trained on.
-                run.stats.warnings.append("no tokenizer given: the prompt is a plain 'role: text' transcript, not "
+                run.warnings.append("no tokenizer given: the prompt is a plain 'role: text' transcript, not "
                                           "the model's chat template (pass --tokenizer MODEL_DIR)")
             return await run.run()
         finally:
@@ -175,7 +168,14 @@ class _Run:
         self.prompt = prompt
         self.mode = mode
         self.pieces: list[_Piece] = []
-        self.stats = RemoteStats(mode=mode)
+        self.stats = RemoteStats()
+        self.warnings: list[str] = []
+        self.tokens = 0  # completion tokens, all requests
+        self.main_tokens = 0
+        self.prompt_length = 0  # the first request's prompt tokens: the user's prompt
+        # The main thread's requests, forks and syncs in order: the critical path (steps an engine decoding every
+        # chunk concurrently needs) follows from them and the token counts.
+        self.schedule: list[tuple[str, Any]] = []
         self.budget = self.config.max_new_tokens
         self._active = 0
         self._slots = asyncio.Semaphore(self.config.max_threads)
@@ -189,7 +189,7 @@ class _Run:
                 out.append(ASYNC_OPEN + piece.chunk.result() + ASYNC_CLOSE)
         return "".join(out)
 
-    async def request(self, prompt: str, stop: str, max_tokens: int) -> tuple[str, str | None]:
+    async def request(self, prompt: str, stop: str, max_tokens: int) -> tuple[str, str | None, int]:
         self._active += 1
         self.stats.peak_concurrency = max(self.stats.peak_concurrency, self._active)
         try:
@@ -197,18 +197,20 @@ class _Run:
         finally:
             self._active -= 1
         tokens = int(usage.get("completion_tokens") or 0)
+        if not self.stats.requests:
+            self.prompt_length = int(usage.get("prompt_tokens") or 0)
         self.stats.requests += 1
-        self.stats.tokens += tokens
+        self.tokens += tokens
         self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
         self.budget -= tokens
-        return text, hit
+        return text, hit, tokens
 
-    async def chunk(self, context: str) -> str:
+    async def chunk(self, piece: _Piece, context: str) -> str:
         async with self._slots:
             limit = max(1, min(self.config.max_thread_tokens, self.budget))
-            text, hit = await self.request(context + ASYNC_OPEN, ASYNC_CLOSE, limit)
+            text, hit, piece.tokens = await self.request(context + ASYNC_OPEN, ASYNC_CLOSE, limit)
         if hit is None:
-            self.stats.warnings.append(f"a chunk ended without {ASYNC_CLOSE} (EOS or token limit)")
+            self.warnings.append(f"a chunk ended without {ASYNC_CLOSE} (EOS or token limit)")
         return text
 
     async def join(self) -> None:
@@ -217,11 +219,13 @@ class _Run:
                 await piece.chunk
                 piece.joined = True
 
-    async def run(self) -> RemoteResult:
+    async def run(self) -> GenerationResult:
         started = time.perf_counter()
         try:
             while self.budget > 0:
-                text, hit = await self.request(self.view(), TAG_END, self.budget)
+                text, hit, n = await self.request(self.view(), TAG_END, self.budget)
+                self.main_tokens += n
+                self.schedule.append(("main", n))
                 if hit is None:  # EOS or the budget: the answer is written
                     self.pieces.append(_Piece(text))
                     break
@@ -232,26 +236,43 @@ class _Run:
                 if head:
                     self.pieces.append(_Piece(head))
                 if isinstance(last, Promise):
-                    piece = _Piece(last.raw, promise=True)
+                    piece = _Piece(last.raw, promise=True, topic=last.topic, predicted=last.tokens)
                     self.pieces.append(piece)
-                    self.stats.threads += 1
-                    piece.chunk = asyncio.ensure_future(self.chunk(self.view()))
+                    self.schedule.append(("fork", piece))
+                    piece.chunk = asyncio.ensure_future(self.chunk(piece, self.view()))
                     if self.mode == "sequential":
                         await piece.chunk  # one chunk at a time; the main thread still sees it only at a sync
                 elif isinstance(last, Sync):
                     self.pieces.append(_Piece(last.raw))
+                    self.schedule.append(("sync", None))
                     await self.join()
             await self.join()  # the end of the answer is an implicit sync
         finally:
             for piece in self.pieces:  # an error anywhere: no chunk request is left running
                 if piece.chunk is not None and not piece.chunk.done():
                     piece.chunk.cancel()
-        self.stats.wall_s = time.perf_counter() - started
+        wall_s = time.perf_counter() - started
         if self.budget <= 0:
-            self.stats.warnings.append(f"reached max_new_tokens={self.config.max_new_tokens}; stopped")
-        return self._result()
+            self.warnings.append(f"reached max_new_tokens={self.config.max_new_tokens}; stopped")
+        return self._result(wall_s)
 
-    def _result(self) -> RemoteResult:
+    def critical_path(self) -> int:
+        """Steps an engine decoding every chunk as soon as it is forked needs: main requests in order, a chunk from
+        its fork on, a sync waiting for the slowest outstanding chunk. Sequential mode: every token is a step."""
+        if self.mode == "sequential":
+            return max(1, self.tokens)
+        t = outstanding = end = 0
+        for kind, item in self.schedule:
+            if kind == "main":
+                t += item
+            elif kind == "fork":
+                outstanding = max(outstanding, t + item.tokens)
+                end = max(end, outstanding)
+            else:
+                t, outstanding = max(t, outstanding), 0
+        return max(1, t, end)
+
+    def _result(self, wall_s: float) -> GenerationResult:
         annotated: list[str] = []
         plain: list[str] = []
         for piece in self.pieces:
@@ -262,7 +283,18 @@ class _Run:
                 plain.append("".join(e.text for e in parse(body) if isinstance(e, Text)))
             elif not piece.promise:
                 plain.append("".join(e.text for e in parse(piece.raw) if isinstance(e, Text)))
-        return RemoteResult(text="".join(plain), annotated="".join(annotated), stats=self.stats)
+        chunks = [p for p in self.pieces if p.promise]
+        timeline = [ThreadTrace(id=0, kind="main", sampled=self.main_tokens)] + [
+            ThreadTrace(id=i, kind="async", topic=p.topic, predicted_tokens=p.predicted, sampled=p.tokens)
+            for i, p in enumerate(chunks, start=1)]
+        steps = self.critical_path()
+        stats = RunStats(
+            mode=self.mode, steps=steps, tokens=self.tokens, threads=len(chunks), critical_path=steps,
+            theoretical_speedup=self.tokens / steps, wall_s=wall_s, prompt_tokens=self.prompt_length,
+            cache_tokens=0, tokens_per_thread=[t.sampled for t in timeline], timeline=timeline,
+            warnings=self.warnings, finish_reason="length" if self.budget <= 0 else "eos", remote=self.stats,
+        )
+        return GenerationResult(text="".join(plain), annotated="".join(annotated), stats=stats)
 
 
 def add_backend_args(parser) -> None:
@@ -274,7 +306,7 @@ def add_backend_args(parser) -> None:
                         "prompt for --backend openai (default: a plain 'role: text' transcript)")
 
 
-def generate_from_args(args) -> RemoteResult:
+def generate_from_args(args) -> GenerationResult:
     """`pasta generate --backend openai ...`: what the CLI calls (args as parsed by `pasta generate`)."""
     if not args.base_url:
         raise ValueError("--backend openai needs --base-url URL")
