@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
     reps = a.reps or (3 if a.smoke else 10 if cuda else 5)
     dtype = torch.bfloat16 if cuda else torch.float32
 
-    torch.manual_seed(0)
-    dense = build_model(preset, vocab, prompt + steps + 1, seed=0).to(dev)
+    with torch.device(dev):  # weights made on the device (a 1b shape takes long to initialise on a CPU)
+        dense = build_model(preset, vocab, prompt + steps + 1, seed=0)
     masked = copy.deepcopy(dense)
     prune_2_4(masked)
     dense, masked = dense.to(dtype).eval(), masked.to(dtype).eval()

@@ -131,13 +131,13 @@ def matched_shape(target: float, like: str, vocab: int) -> str:
     return best[1]
 
 
-def tokenizer_dir(grid: Grid, runs: Path) -> Path:
+def tokenizer_dir(grid: Grid, runs: Path, data: list[str]) -> Path:
     """The corpus BPE (trained once on the corpus, saved; later runs and resumes load it)."""
     d = runs / (f"tokenizer-bpe{grid.vocab}" + ("" if grid.max_chars is None else f"-{grid.max_chars}"))
     if not (d / "tokenizer.json").exists():
         from sparsellm.data import read_texts, train_bpe
 
-        texts = read_texts(["shakespeare"])
+        texts = read_texts(data)
         if grid.max_chars is not None:  # the characters the runs will see (tokenize_corpus cuts the same way)
             texts = ["".join(texts)[:grid.max_chars]]
         train_bpe(texts, grid.vocab).save(d)
@@ -145,12 +145,13 @@ def tokenizer_dir(grid: Grid, runs: Path) -> Path:
 
 
 def run_grid(grid: Grid, out: Path, runs: Path, device: str, bf16: bool, compile_: bool | str,
-             budget_s: float | None, threads: int | None) -> dict:
+             budget_s: float | None, threads: int | None, data: list[str] | None = None) -> dict:
     from sparsellm.report import append_row, read_rows
     from sparsellm.train import TrainConfig, train
 
     t_start = time.time()
-    tok = tokenizer_dir(grid, runs)
+    data = data or ["shakespeare"]
+    tok = tokenizer_dir(grid, runs, data)
     csv_path = out / "runs.csv"
     done = {r["name"] for r in read_rows(csv_path)}
     jobs = [j for j in grid.jobs() if j["name"] not in done]
@@ -165,7 +166,7 @@ def run_grid(grid: Grid, out: Path, runs: Path, device: str, bf16: bool, compile
             skipped.append(j["name"])
             continue
         cfg = TrainConfig(
-            out_dir=str(runs / j["name"]), data=["shakespeare"], preset=j["preset"], tokenizer=str(tok),
+            out_dir=str(runs / j["name"]), data=data, preset=j["preset"], tokenizer=str(tok),
             seq_len=grid.seq_len, batch_size=grid.batch_size, steps=j["steps"], lr=j["lr"],
             warmup_frac=grid.warmup_frac, sparsity=j["sparsity"], frequency=grid.frequency, seed=j["seed"],
             max_chars=grid.max_chars, eval_batches=grid.eval_batches, resume=True, save_every=100,
@@ -309,7 +310,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sims", type=int, default=20, help="noisy copies for the noise test of the LOO differences")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--analyse", action="store_true", help="only the fits and plots of the rows written so far")
+    ap.add_argument("--data", nargs="+", default=["shakespeare"],
+                    help="corpus: 'shakespeare' (the package) or a copy of its texts (a folder of *.txt, same order)")
+    ap.add_argument("--export-corpus", metavar="DIR", default=None,
+                    help="copy the shakespeare package's texts to DIR (for a machine without the package) and exit")
     a = ap.parse_args(argv)
+    if a.export_corpus:
+        import shutil
+
+        from sparsellm.data import shakespeare_files
+
+        d = Path(a.export_corpus)
+        d.mkdir(parents=True, exist_ok=True)
+        files = shakespeare_files()
+        for f in files:
+            shutil.copy(f, d / Path(f).name)
+        print(f"{len(files)} texts -> {d} (use --data {d})")
+        return 0
     grid = TINY if a.smoke else REGISTERED
     tag = "-smoke" if a.smoke else ""
     out = Path(a.out) if a.out else (ROOT / "runs" / "sparsellm-gpu-smoke" / "results" if a.smoke
@@ -330,8 +347,15 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(a.threads)
         info = run_grid(grid, out, runs, device, dev.type == "cuda" and not a.no_bf16, a.compile, a.budget_s,
-                        a.threads)
+                        a.threads, a.data)
         print(f"grid: {info['seconds']:.0f} s", flush=True)
+    try:
+        import matplotlib  # noqa: F401
+        import scipy  # noqa: F401
+    except ImportError as e:  # e.g. a bare GPU machine: the rows are written; fit them where these are installed
+        print(f"gpu_sweep: analysis skipped ({e.name} is not installed); rows are in {out / 'runs.csv'}: "
+              "run again with --analyse where scipy and matplotlib are", file=sys.stderr)
+        return 0
     analyse(grid, out, a.sims if not a.smoke else min(a.sims, 2))
     return 0
 

