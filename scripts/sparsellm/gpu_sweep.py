@@ -3,6 +3,7 @@
     .venv/bin/python scripts/sparsellm/gpu_sweep.py                   # on a CUDA GPU: the registered grid
     .venv/bin/python scripts/sparsellm/gpu_sweep.py --smoke           # CPU, ~1 min: the same pipeline, tiny grid
     .venv/bin/python scripts/sparsellm/gpu_sweep.py --analyse         # fits and plots from the rows written so far
+    .venv/bin/python scripts/sparsellm/gpu_sweep.py --grid-only       # rows only (fit elsewhere with --analyse)
 
 Every run is a ``sparsellm train`` on the Shakespeare corpus with a byte-level BPE tokenizer trained on it
 (once, saved beside the runs). Each finished run's row is appended to ``<out>/runs.csv`` at once; rows
@@ -310,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sims", type=int, default=20, help="noisy copies for the noise test of the LOO differences")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--analyse", action="store_true", help="only the fits and plots of the rows written so far")
+    ap.add_argument("--grid-only", action="store_true",
+                    help="train and write rows, no fits (on a lent GPU: fit later with --analyse, on any CPU)")
     ap.add_argument("--data", nargs="+", default=["shakespeare"],
                     help="corpus: 'shakespeare' (the package) or a copy of its texts (a folder of *.txt, same order)")
     ap.add_argument("--export-corpus", metavar="DIR", default=None,
@@ -349,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         info = run_grid(grid, out, runs, device, dev.type == "cuda" and not a.no_bf16, a.compile, a.budget_s,
                         a.threads, a.data)
         print(f"grid: {info['seconds']:.0f} s", flush=True)
+        if a.grid_only:
+            return 0
     try:
         import matplotlib  # noqa: F401
         import scipy  # noqa: F401

@@ -141,3 +141,10 @@ def test_gpu_sweep_on_a_machine_without_the_corpus_package_or_scipy(tmp_path, mo
                    "--threads", "1"]) == 0
     assert "analysis skipped (scipy is not installed)" in capsys.readouterr().err
     assert len(read_rows(out / "runs.csv")) == len(g.TINY.jobs()) and not (out / "analysis.json").exists()
+
+
+def test_gpu_sweep_grid_only_writes_rows_and_no_fits(tmp_path):
+    g = _gpu_sweep()
+    out = tmp_path / "out"
+    assert g.main(["--smoke", "--grid-only", "--out", str(out), "--runs", str(tmp_path / "r"), "--threads", "1"]) == 0
+    assert len(read_rows(out / "runs.csv")) == len(g.TINY.jobs()) and not (out / "analysis.json").exists()
