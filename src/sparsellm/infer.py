@@ -28,8 +28,9 @@ NOTE_24 = ("2:4 on NVIDIA GPUs of compute capability >= 8.0 (fp16/bf16): the lin
            "about 1.1-1.3x measured on large layers (torchao, A100), little or none at batch-1 decode or on "
            "small layers; the rest of the model is unchanged. Measure yours: python bench/sparse_infer.py --json")
 NOTE_UNSTRUCTURED = ("unstructured at {s:.0%}: no speed-up from dense kernels (the zeros are stored and "
-                     "multiplied); PyTorch has no fast kernel for this pattern, so the saving is training FLOPs "
-                     "(the average parameter count), not serving cost. Prune with --structure 2:4 for a kernel path")
+                     "multiplied); general sparse formats (CSR) rarely beat a dense matmul at such sparsity, so the "
+                     "saving is training FLOPs (the average parameter count), not serving cost. Prune with "
+                     "--structure 2:4 for a kernel path")
 NOTE_DENSE = "dense: no sparsity to exploit"
 
 
