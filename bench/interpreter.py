@@ -205,24 +205,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", default="2,4,8")
     parser.add_argument("--repeats", type=int, default=3)
     add_threads_option(parser)
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: llamacpp, busy")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: seq, llamacpp, parallel, busy")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     apply_threads(args)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     interp = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=False)
     prompt = "Write a detailed essay about the history of the printing press and its effects on Europe."
-    seq = bench_seq_vs_hf(interp, prompt, args.new_tokens, args.repeats)
-    print(f"sequential engine / HF generate: {seq['seq_vs_hf']:.3f}", file=sys.stderr)
+    seq = None if "seq" in skip else bench_seq_vs_hf(interp, prompt, args.new_tokens, args.repeats)
+    if seq:
+        print(f"sequential engine / HF generate: {seq['seq_vs_hf']:.3f}", file=sys.stderr)
     llamacpp = None if "llamacpp" in skip else bench_llamacpp(interp, prompt, args.new_tokens, args.repeats, args.model)
     if llamacpp:
         print(f"llama.cpp: {llamacpp}", file=sys.stderr)
-    parallel = bench_parallel(interp, prompt, [int(k) for k in args.ks.split(",")], args.chunk_tokens, args.repeats)
+    ks = [int(k) for k in args.ks.split(",")]
+    parallel = None if "parallel" in skip else bench_parallel(interp, prompt, ks, args.chunk_tokens, args.repeats)
     threads = torch.get_num_threads()
     busy = None if "busy" in skip else bench_busy_core(interp, prompt, args.new_tokens, args.repeats)
     report = {
         "model": interp.name, "dtype": args.dtype, "torch_threads": threads,
-        "seq_vs_hf": round(seq["seq_vs_hf"], 3), "seq_detail": seq, "vs_llamacpp": llamacpp, "parallel": parallel,
+        "seq_vs_hf": round(seq["seq_vs_hf"], 3) if seq else None, "seq_detail": seq, "vs_llamacpp": llamacpp, "parallel": parallel,
         "busy_core": busy,
     }
     if args.json:

@@ -115,3 +115,14 @@ def test_end_to_end_against_pasta_serve_sequential():
         assert result.stats.remote.requests == 1 and result.stats.tokens == 24
         chat = remote.generate([{"role": "user", "content": "hi"}])
         assert chat.stats.tokens == 24 and isinstance(chat.text, str)
+
+
+def test_remote_config_validates_through_the_interpreters_config_types():
+    config = RemoteConfig(base_url="http://unused", max_new_tokens=64, max_thread_tokens=16, max_threads=2,
+                          temperature=0.7, top_p=0.9, seed=5)
+    assert (config.limits.max_new_tokens, config.limits.max_thread_tokens, config.limits.max_threads) == (64, 16, 2)
+    assert (config.sampling.temperature, config.sampling.top_p, config.sampling.seed) == (0.7, 0.9, 5)
+    for bad, match in (({"max_threads": 0}, "max_threads"), ({"temperature": -1.0}, "temperature"),
+                       ({"top_p": 0.0}, "top_p"), ({"seed": 2**70}, "seed")):
+        with pytest.raises(ValueError, match=match):
+            RemoteConfig(base_url="http://unused", **bad)

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..chat import prompt_text as chat_prompt_text
-from ..decoding import ThreadTrace
+from ..decoding import DecodeLimits, ThreadTrace
 from ..lang import ASYNC_CLOSE, ASYNC_OPEN, Promise, Sync, Text, parse
 from ..openai_client import OpenAIClient
 from ..results import GenerationResult, RunStats
+from ..sampling import SamplingParams
 
 TAG_END = "/>"
 
@@ -51,11 +52,15 @@ class RemoteConfig:
     tokenizer: str | None = None  # a local tokenizer folder whose chat template formats chat prompts
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "max_thread_tokens", "max_threads"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        self.limits, self.sampling  # noqa: B018 - validated by the interpreter's own config types
+
+    @property
+    def limits(self) -> DecodeLimits:
+        return DecodeLimits(self.max_new_tokens, self.max_thread_tokens, self.max_threads)
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.temperature, self.top_p, self.seed)
 
 
 @dataclass
