@@ -8,8 +8,9 @@ PROMPT ?= Give three tips for staying healthy.
 setup:
 	@bash scripts/setup.sh
 
+# Threads: `--threads auto` (the default) uses the cores other processes leave free.
 demo: setup
-	OMP_NUM_THREADS=1 $(VENV)/bin/pasta generate "$(PROMPT)" --show-tags --compare
+	$(VENV)/bin/pasta generate "$(PROMPT)" --show-tags --compare
 
 # One torch thread: tiny test models gain nothing from two, and two threads on a busy 2-core machine thrash.
 test: setup

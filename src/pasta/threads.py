@@ -8,7 +8,8 @@ subtracts this process's own CPU time (`/proc/self/stat`), so it works while we 
 caller (the server's worker, an evaluation loop) keeps a `ThreadGovernor` and calls `tick()` between steps; it
 re-samples at most every `interval_s` and changes the thread count only when the free-core count changes.
 
-Off Linux (no /proc), `auto` keeps torch's default.
+An explicit `OMP_NUM_THREADS` is respected as an upper bound (a user or a scheduler that set it meant it). Off Linux
+(no /proc), `auto` keeps torch's default.
 """
 
 from __future__ import annotations
@@ -69,9 +70,20 @@ def free_cores(before: CpuSample, after: CpuSample) -> float:
     return max(0.0, after.cpus - others)
 
 
+def env_cap() -> int | None:
+    """`OMP_NUM_THREADS` when set to a positive integer."""
+    try:
+        value = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
 def threads_for(free: float, cpus: int) -> int:
-    """One thread per free core (a core counts as free when others use less than half of it), at least one."""
-    return max(1, min(cpus, int(free + 0.5)))
+    """One thread per free core (a core counts as free when others use less than half of it), at least one, at
+    most `OMP_NUM_THREADS` when that is set."""
+    cap = env_cap()
+    return max(1, min(cpus if cap is None else min(cpus, cap), int(free + 0.5)))
 
 
 def auto_threads(sample_s: float = 0.2) -> int | None:

@@ -56,8 +56,13 @@ def test_cpus_outside_our_affinity_are_ignored(tmp_path, monkeypatch):
     assert b.cpus == 1 and th.free_cores(a, b) == pytest.approx(1.0)
 
 
-def test_threads_for_rounds_and_bounds():
+def test_threads_for_rounds_and_bounds(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert [th.threads_for(f, 4) for f in (0.0, 0.4, 0.6, 1.49, 1.51, 3.9, 9.0)] == [1, 1, 1, 1, 2, 4, 4]
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # an explicit setting is an upper bound
+    assert [th.threads_for(f, 4) for f in (0.0, 1.6, 3.9)] == [1, 2, 2]
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert th.threads_for(3.9, 4) == 4
 
 
 def test_parse_threads():
