@@ -124,3 +124,10 @@ class ModelRunner:
             logits_to_keep=None if logit_rows is None else torch.tensor(logit_rows, dtype=torch.long, device=device),
         )
         return out.logits[0].float()
+
+    def causal(self, token_ids: list[int], logit_rows: list[int] | None = None) -> torch.Tensor:
+        """Plain left-to-right text (no Pasta layout): float32 logits of `logit_rows` (default: every row)."""
+        from .layout import Layout
+
+        n = len(token_ids)
+        return self.forward(token_ids, list(range(n)), Layout(n).full_mask(), logit_rows=logit_rows)

@@ -228,11 +228,11 @@ class LocalJudge:
 
     def compare(self, instruction: str, output_a: str, output_b: str) -> OrderResult:
         torch = self._torch
+        from ..runner import ModelRunner
+
         ids = self.prompt_ids(instruction, output_a, output_b)
-        device = next(self.model.parameters()).device
-        with torch.inference_mode():
-            logits = self.model(input_ids=torch.tensor([ids], device=device), logits_to_keep=1).logits[0, -1]
-        probs = torch.softmax(logits.float(), dim=-1)
+        logits = ModelRunner(self.model).causal(ids, logit_rows=[len(ids) - 1])[0]
+        probs = torch.softmax(logits, dim=-1)
         pa = float(probs[self._ids["A"]].sum())
         pb = float(probs[self._ids["B"]].sum())
         if pa + pb <= 0:

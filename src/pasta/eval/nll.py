@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import torch
 
+from ..runner import ModelRunner
 
-@torch.inference_mode()
+
 def answer_nll(model, tokenizer, prompt_ids: list[int], answer: str) -> float | None:
     """Mean NLL (nats per token) of `answer`'s tokens after `prompt_ids`; None for an empty answer."""
     answer_ids = tokenizer.encode(answer, add_special_tokens=False)
     if not answer_ids:
         return None
-    ids = torch.tensor([list(prompt_ids) + answer_ids], device=next(model.parameters()).device)
-    logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
-    targets = ids[0, len(prompt_ids):]
+    ids = list(prompt_ids) + answer_ids
+    logits = ModelRunner(model).causal(ids, logit_rows=list(range(len(prompt_ids) - 1, len(ids) - 1)))
+    targets = torch.tensor(answer_ids, device=logits.device)
     return float(torch.nn.functional.cross_entropy(logits, targets))
