@@ -40,3 +40,23 @@ def test_limits_sampling_and_adapter_from_args():
     # Each command keeps its own documented defaults.
     assert parser.parse_args(["eval"]).dtype == "float32" and parser.parse_args(["generate", "x"]).dtype == "auto"
     assert parser.parse_args(["eval"]).seed == 0 and parser.parse_args(["generate", "x"]).seed is None
+
+
+def test_every_config_validates_and_derives_through_decode_limits_and_sampling_params(tmp_path):
+    from pasta.eval.runner import EvalConfig
+    from pasta.serve.config import ServeConfig
+    from pasta.train.pref import PrefConfig
+
+    serve = ServeConfig(max_thread_tokens=64, max_threads=3)
+    assert serve.limits(16) == DecodeLimits(max_new_tokens=16, max_thread_tokens=16, max_threads=3)
+    assert serve.limits(500) == DecodeLimits(max_new_tokens=500, max_thread_tokens=64, max_threads=3)
+    ev = EvalConfig(out=str(tmp_path), max_new_tokens=32, temperature=0.5, top_p=0.8, seed=4)
+    assert ev.limits.max_new_tokens == 32 and (ev.sampling.temperature, ev.sampling.top_p, ev.sampling.seed) == (0.5, 0.8, 4)
+    pref = PrefConfig(output_dir=str(tmp_path), max_threads=2, temperature=0.9, seed=3)
+    assert pref.limits.max_threads == 2 and (pref.sampling.temperature, pref.sampling.seed) == (0.9, 3)
+    for make in (lambda: EvalConfig(out=str(tmp_path), max_threads=0), lambda: PrefConfig(output_dir="x", max_threads=0)):
+        with pytest.raises(ValueError, match="max_threads must be a positive integer"):
+            make()
+    for make in (lambda: EvalConfig(out=str(tmp_path), top_p=0.0), lambda: PrefConfig(output_dir="x", top_p=1.5)):
+        with pytest.raises(ValueError, match="top_p must be in"):
+            make()

@@ -23,6 +23,7 @@ Files under the output folder (everything is resumable: rerun the same command t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -75,12 +76,16 @@ class EvalConfig:
             self.systems = (*self.systems, SPEED_REFERENCE)
         if self.baseline not in self.systems:
             raise ValueError(f"baseline {self.baseline!r} is not among the systems {list(self.systems)}")
-        self.limits  # validates
-        SamplingParams(self.temperature, self.top_p, self.seed)
+        self.limits, self.sampling  # noqa: B018 - validated by the interpreter's own config types
 
     @property
     def limits(self) -> DecodeLimits:
         return DecodeLimits(self.max_new_tokens, self.max_thread_tokens, self.max_threads)
+
+    @property
+    def sampling(self) -> SamplingParams:
+        """The sampler; each prompt replaces the seed with its own (`_prompt_seed`)."""
+        return SamplingParams(self.temperature, self.top_p, self.seed)
 
     def generation_key(self) -> dict[str, Any]:
         """What must not change between an interrupted run and its continuation."""
@@ -137,7 +142,7 @@ def generate_record(systems: Systems, system: str, item: PromptItem, config: Eva
     from .sot import skeleton_of_thought
 
     interp = systems.interp_for(system)
-    sampling = SamplingParams(config.temperature, config.top_p, _prompt_seed(config.seed, item.id))
+    sampling = dataclasses.replace(config.sampling, seed=_prompt_seed(config.seed, item.id))
     record: dict[str, Any] = {"id": item.id, "system": system, "generator": systems.generator(system)}
     if system == "sot":
         res = skeleton_of_thought(interp, item.instruction, sampling=sampling, limits=config.limits,

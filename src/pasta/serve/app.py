@@ -22,7 +22,6 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..chat import prompt_ids
-from ..decoding import DecodeLimits
 from ..engine import Engine, EngineConfig
 from ..interpreter import Interpreter
 from ..sampling import SamplingParams
@@ -154,9 +153,7 @@ def create_app(interpreter: Interpreter, config: ServeConfig | None = None, *,
             raise APIError(400, f"the prompt has {len(ids)} tokens; this server allows at most "
                                 f"{config.max_prompt_tokens}", param="prompt", code="context_length_exceeded")
         mode = body.pasta.mode or ("sequential" if config.sequential else "async")
-        limits = DecodeLimits(max_new_tokens=max_tokens, max_thread_tokens=min(max_tokens, config.max_thread_tokens),
-                              max_threads=config.max_threads)
-        decoding = interpreter.start(ids, limits=limits, mode=mode)
+        decoding = interpreter.start(ids, limits=config.limits(max_tokens), mode=mode)
         sampling = SamplingParams(temperature=body.temperature, top_p=body.top_p, seed=body.seed)
         return Job(decoding=decoding, sampling=sampling, loop=asyncio.get_running_loop(), stops=body.stops(),
                    annotated=body.pasta.annotated)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..decoding import DecodeLimits
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -39,3 +41,8 @@ class ServeConfig:
                 raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r}")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("default_max_tokens must be <= max_tokens_limit")
+
+    def limits(self, max_tokens: int) -> DecodeLimits:
+        """One request's budgets: its own `max_tokens`, this server's per-chunk and parallelism limits."""
+        return DecodeLimits(max_new_tokens=max_tokens, max_thread_tokens=min(max_tokens, self.max_thread_tokens),
+                            max_threads=self.max_threads)

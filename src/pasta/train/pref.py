@@ -30,6 +30,7 @@ This module is the round loop (`PrefTrainer`); the objective and ranking are `pr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -96,8 +97,16 @@ class PrefConfig:
         bonbon_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), self.alpha, self.beta)
         if self.judge not in ("local", "openai", "none"):
             raise ValueError(f"judge must be local, openai or none, got {self.judge!r}")
-        DecodeLimits(self.max_new_tokens, self.max_thread_tokens, self.max_threads)
-        SamplingParams(self.temperature, self.top_p)
+        self.limits, self.sampling  # noqa: B018 - validated by the interpreter's own config types
+
+    @property
+    def limits(self) -> DecodeLimits:
+        return DecodeLimits(self.max_new_tokens, self.max_thread_tokens, self.max_threads)
+
+    @property
+    def sampling(self) -> SamplingParams:
+        """Stage 2's sampler; each sample replaces the seed with its own."""
+        return SamplingParams(self.temperature, self.top_p, self.seed)
 
 
 # ---- the trainer ---------------------------------------------------------------------------------------------------
@@ -151,8 +160,7 @@ class PrefTrainer:
     def interpreter(self):
         from ..interpreter import Interpreter
 
-        limits = DecodeLimits(self.config.max_new_tokens, self.config.max_thread_tokens, self.config.max_threads)
-        return Interpreter(self._decoder_model(), self.tokenizer, layout_config=self.layout_config, limits=limits,
+        return Interpreter(self._decoder_model(), self.tokenizer, layout_config=self.layout_config, limits=self.config.limits,
                            name="policy")
 
     def prompt_ids(self, prompt: str) -> list[int]:
@@ -219,7 +227,7 @@ class PrefTrainer:
             samples = []
             for n in range(self.config.n_samples):
                 seed = (self.config.seed * 1_000_003 + round_no * 10_007 + k * 101 + n) % (2**63)
-                sampling = SamplingParams(self.config.temperature, self.config.top_p, seed)
+                sampling = dataclasses.replace(self.config.sampling, seed=seed)
                 res = interp.generate(self.prompt_ids(ex.prompt), sampling=sampling, mode="async")
                 stats = answer_stats(res, self.tokenizer)
                 speedup = sample_speedup(stats, res.stats.critical_path)
