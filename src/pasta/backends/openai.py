@@ -28,17 +28,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..chat import prompt_text as chat_prompt_text
-from ..decoding import DecodeLimits, ThreadTrace
+from ..decoding import ThreadTrace
 from ..lang import ASYNC_CLOSE, ASYNC_OPEN, Promise, Sync, Text, parse
 from ..openai_client import OpenAIClient
 from ..results import GenerationResult, RunStats
-from ..sampling import SamplingParams
+from ..settings import DecodeSettings
 
 TAG_END = "/>"
 
 
 @dataclass(frozen=True)
-class RemoteConfig:
+class RemoteConfig(DecodeSettings):
     base_url: str
     model: str | None = None  # default: the first id the server lists
     api_key: str | None = None
@@ -52,15 +52,7 @@ class RemoteConfig:
     tokenizer: str | None = None  # a local tokenizer folder whose chat template formats chat prompts
 
     def __post_init__(self) -> None:
-        self.limits, self.sampling  # noqa: B018 - validated by the interpreter's own config types
-
-    @property
-    def limits(self) -> DecodeLimits:
-        return DecodeLimits(self.max_new_tokens, self.max_thread_tokens, self.max_threads)
-
-    @property
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_p, self.seed)
+        self.validate_decode_settings()
 
 
 @dataclass

@@ -36,7 +36,7 @@ from ..jsonl import open_append, read_keyed
 from typing import Any
 
 from ..decoding import DecodeLimits
-from ..sampling import SamplingParams
+from ..settings import DecodeSettings
 from .answer_stats import aggregate, answer_stats, repetition_rate
 from .prompts import PromptItem, load_prompts
 
@@ -47,7 +47,7 @@ SPEED_REFERENCE = "sequential"
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(DecodeSettings):
     out: str
     prompts: str = "alpaca_eval"
     limit: int | None = None
@@ -76,16 +76,7 @@ class EvalConfig:
             self.systems = (*self.systems, SPEED_REFERENCE)
         if self.baseline not in self.systems:
             raise ValueError(f"baseline {self.baseline!r} is not among the systems {list(self.systems)}")
-        self.limits, self.sampling  # noqa: B018 - validated by the interpreter's own config types
-
-    @property
-    def limits(self) -> DecodeLimits:
-        return DecodeLimits(self.max_new_tokens, self.max_thread_tokens, self.max_threads)
-
-    @property
-    def sampling(self) -> SamplingParams:
-        """The sampler; each prompt replaces the seed with its own (`_prompt_seed`)."""
-        return SamplingParams(self.temperature, self.top_p, self.seed)
+        self.validate_decode_settings()
 
     def generation_key(self) -> dict[str, Any]:
         """What must not change between an interrupted run and its continuation."""

@@ -41,10 +41,9 @@ from typing import Any
 
 import torch
 
-from ..decoding import DecodeLimits
 from ..eval.answer_stats import answer_stats
 from ..jsonl import append_jsonl, read_rows
-from ..sampling import SamplingParams
+from ..settings import DecodeSettings
 from .dist import barrier, rank_and_world
 from .lora_merge import combine_lora_adapters
 from .pref_scoring import bonbon_loss, sample_speedup, score_sample, select_pair
@@ -56,7 +55,7 @@ __all__ = ["PrefConfig", "bonbon_loss", "combine_lora_adapters", "sample_speedup
 
 
 @dataclass
-class PrefConfig:
+class PrefConfig(DecodeSettings):
     output_dir: str
     prompts: str = "sharegpt"  # a training source for pasta.data.sources.load_examples (eval prompts dropped)
     num_prompts: int = 64
@@ -97,16 +96,7 @@ class PrefConfig:
         bonbon_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), self.alpha, self.beta)
         if self.judge not in ("local", "openai", "none"):
             raise ValueError(f"judge must be local, openai or none, got {self.judge!r}")
-        self.limits, self.sampling  # noqa: B018 - validated by the interpreter's own config types
-
-    @property
-    def limits(self) -> DecodeLimits:
-        return DecodeLimits(self.max_new_tokens, self.max_thread_tokens, self.max_threads)
-
-    @property
-    def sampling(self) -> SamplingParams:
-        """Stage 2's sampler; each sample replaces the seed with its own."""
-        return SamplingParams(self.temperature, self.top_p, self.seed)
+        self.validate_decode_settings()
 
 
 # ---- the trainer ---------------------------------------------------------------------------------------------------
