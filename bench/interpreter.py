@@ -9,6 +9,8 @@
   tokens + 1) / steps and `realized_plain` = wall(sequential decoding of the plain text) / wall(async) say what
   the user gains.
 
+- compiled_vs_hf (with --compile): the same with the torch.compile'd engine (`Interpreter(compile=True)`), after
+  its compilation (reported as compile_s).
 - vs_llamacpp: decode ms per step of llama.cpp (llama-cpp-python from .venv-llamacpp, the embedded GGUF) next to
   our sequential engine's, same prompt ids and threads (target: ours within 1.5x).
 - busy_core: sequential decoding while another process spins on one core, / the same idle, for the `auto` thread
@@ -57,7 +59,8 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def bench_seq_vs_hf(interp: Interpreter, prompt: str, new_tokens: int, repeats: int) -> dict:
+def bench_seq_vs_hf(interp: Interpreter, prompt: str, new_tokens: int, repeats: int,
+                    compiled: Interpreter | None = None) -> dict:
     ids = interp.prompt_ids(prompt)
     limits = DecodeLimits(max_new_tokens=new_tokens, max_thread_tokens=new_tokens)
     ours = interp.generate(ids, mode="sequential", limits=limits)
@@ -74,13 +77,26 @@ def bench_seq_vs_hf(interp: Interpreter, prompt: str, new_tokens: int, repeats: 
     def engine():
         return interp.generate(ids, mode="sequential", limits=DecodeLimits(max_new_tokens=n, max_thread_tokens=n))
 
+    def engine_compiled():
+        return compiled.generate(ids, mode="sequential", limits=DecodeLimits(max_new_tokens=n, max_thread_tokens=n))
+
     hf()  # warm-up both paths
-    hf_times, our_times = [], []
-    for _ in range(repeats):  # interleaved, so both see the same machine load
+    out = {"tokens": n}
+    if compiled is not None:  # the first compiled run pays the compilation
+        out["compile_s"] = timed(engine_compiled, 1)[0]
+    hf_times, our_times, compiled_times = [], [], []
+    for _ in range(repeats):  # interleaved, so all see the same machine load
         hf_times.append(timed(hf, 1)[0])
         our_times.append(timed(engine, 1)[0])
+        if compiled is not None:
+            compiled_times.append(timed(engine_compiled, 1)[0])
     hf_s, our_s = statistics.median(hf_times), statistics.median(our_times)
-    return {"tokens": n, "hf_generate_s": hf_s, "engine_sequential_s": our_s, "seq_vs_hf": our_s / hf_s}
+    out.update({"hf_generate_s": hf_s, "engine_sequential_s": our_s, "seq_vs_hf": our_s / hf_s})
+    if compiled is not None:
+        c = statistics.median(compiled_times)
+        out.update({"engine_compiled_s": c, "compiled_vs_hf": c / hf_s,
+                    "same_text_compiled": engine().text == engine_compiled().text})
+    return out
 
 
 def _decode_ms_per_step(interp: Interpreter, ids: list[int], n: int) -> tuple[float, int]:
@@ -205,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", default="2,4,8")
     parser.add_argument("--repeats", type=int, default=3)
     add_threads_option(parser)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the torch.compile'd engine (sequential, vs the same HF generate)")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: seq, llamacpp, parallel, busy")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -212,9 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     interp = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=False)
     prompt = "Write a detailed essay about the history of the printing press and its effects on Europe."
-    seq = None if "seq" in skip else bench_seq_vs_hf(interp, prompt, args.new_tokens, args.repeats)
+    compiled = None
+    if args.compile and "seq" not in skip:
+        compiled = Interpreter(interp.model, interp.tokenizer, layout_config=interp.layout_config, compile=True)
+    seq = None if "seq" in skip else bench_seq_vs_hf(interp, prompt, args.new_tokens, args.repeats, compiled)
     if seq:
         print(f"sequential engine / HF generate: {seq['seq_vs_hf']:.3f}", file=sys.stderr)
+        if compiled is not None:
+            print(f"compiled engine / HF generate: {seq['compiled_vs_hf']:.3f} (compiling: {seq['compile_s']:.0f} s)",
+                  file=sys.stderr)
     llamacpp = None if "llamacpp" in skip else bench_llamacpp(interp, prompt, args.new_tokens, args.repeats, args.model)
     if llamacpp:
         print(f"llama.cpp: {llamacpp}", file=sys.stderr)
@@ -224,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     busy = None if "busy" in skip else bench_busy_core(interp, prompt, args.new_tokens, args.repeats)
     report = {
         "model": interp.name, "dtype": args.dtype, "torch_threads": threads,
-        "seq_vs_hf": round(seq["seq_vs_hf"], 3) if seq else None, "seq_detail": seq, "vs_llamacpp": llamacpp, "parallel": parallel,
+        "seq_vs_hf": round(seq["seq_vs_hf"], 3) if seq else None,
+        "compiled_vs_hf": round(seq["compiled_vs_hf"], 3) if seq and "compiled_vs_hf" in seq else None,
+        "seq_detail": seq, "vs_llamacpp": llamacpp, "parallel": parallel,
         "busy_core": busy,
     }
     if args.json:

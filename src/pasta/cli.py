@@ -65,7 +65,8 @@ def _run_generate(args) -> int:
     sampling = sampling_from_args(args, seed=seed)
     teacher = _read_teacher(args.teacher) if args.teacher else None  # before the model loads: fail fast
     apply_threads(args)
-    interp = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter_from_args(args), limits=limits)
+    interp = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter_from_args(args), limits=limits,
+                                         compile=args.compile)
     result = interp.generate(
         args.prompt, sampling=sampling, mode="sequential" if args.sequential else "async", teacher=teacher,
         chat=not args.raw,

@@ -10,11 +10,14 @@ from .sampling import SamplingParams
 from .threads import ThreadGovernor, parse_threads
 
 
-def add_model_options(p: argparse.ArgumentParser, *, dtype: str = "auto") -> None:
+def add_model_options(p: argparse.ArgumentParser, *, dtype: str = "auto", compile: bool = True) -> None:
     p.add_argument("--model", default=None, help="Hugging Face folder, .gguf file, or adapter folder (default: embedded)")
     p.add_argument("--adapter", default=None, help="a PEFT adapter to apply (default: the embedded Pasta adapter)")
     p.add_argument("--no-adapter", action="store_true", help="the base model only, no Pasta adapter")
     p.add_argument("--dtype", default=dtype, help="float32 | bfloat16 | auto (bf16 where the hardware has fast bf16)")
+    if compile:
+        p.add_argument("--compile", action="store_true",
+                       help="torch.compile the forward pass (faster steps after a compilation of minutes on CPU)")
 
 
 def adapter_from_args(args) -> str | bool:

@@ -46,10 +46,12 @@ class Interpreter:
         layout_config: LayoutConfig | None = None,
         limits: DecodeLimits | None = None,
         name: str = "model",
+        compile: bool = False,
     ) -> None:
+        """`compile`: run forward passes through `torch.compile` (see `pasta.runner.ModelRunner`)."""
         self.model = model
         self.tokenizer = tokenizer
-        self.runner = ModelRunner(model)
+        self.runner = ModelRunner(model, compile=compile)
         self._engine: Engine | None = None  # built on first use; keeps its KV buffer between requests
         self.layout_config = layout_config or LayoutConfig()
         self.limits = limits or DecodeLimits()

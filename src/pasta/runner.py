@@ -91,13 +91,20 @@ def call_model(
 
 
 class ModelRunner:
-    """Inference over a causal LM: float32 logits of the wanted rows, no gradients."""
+    """Inference over a causal LM: float32 logits of the wanted rows, no gradients.
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    `compile=True` runs the forward pass through `torch.compile(dynamic=True)`: symbolic shapes, so one compiled
+    graph serves every step (any number of tokens, any cache length) without shape buckets. The first steps pay
+    the compilation (minutes for a 135M model on a small CPU); exact against the oracle in fp32
+    (tests/pasta/test_compile.py); in bf16 fused kernels round differently, so a greedy answer can differ."""
+
+    def __init__(self, model: torch.nn.Module, *, compile: bool = False) -> None:
         self.model = model
         self.config = model.config
         self.device = next(model.parameters()).device
         self._cache_argument = cache_kwarg(model)
+        self.compiled = compile
+        self._target = torch.compile(model, dynamic=True) if compile else model
 
     @torch.inference_mode()
     def forward(
@@ -114,7 +121,7 @@ class ModelRunner:
         device = self.device
         position_ids = torch.as_tensor(positions, dtype=torch.long)[None]
         out = call_model(
-            self.model,
+            self._target,
             torch.tensor([token_ids], device=device),
             position_ids.to(device),
             visibility[None, None],

@@ -20,7 +20,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)} "
                    "(sequential is always added: it is the speed reference)")
     p.add_argument("--baseline", default="sequential", help="system the judge compares every other system against")
-    add_model_options(p, dtype="float32")
+    add_model_options(p, dtype="float32", compile=False)
     add_limit_options(p)
     add_sampling_options(p, seed=0)
     p.add_argument("--sot-skeleton-tokens", type=int, default=128)

@@ -46,7 +46,8 @@ def run_serve(args) -> int:
         served_model_name=args.served_model_name, prefill_chunk=args.prefill_chunk or None,
         batch_invariant=args.batch_invariant,
     )
-    interpreter = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter_from_args(args))
+    interpreter = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter_from_args(args),
+                                              compile=args.compile)
     app = create_app(interpreter, config, threads=governor)
     print(f"pasta serve: {config.served_model_name or interpreter.name} on http://{config.host}:{config.port}/v1 "
           f"(max batch {config.max_batch}, {'sequential' if config.sequential else 'async'})", flush=True)
