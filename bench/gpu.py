@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bandwidth-gbs", type=float, default=4800.0, help="memory bandwidth for the floor (H200: 4800)")
     p.add_argument("--chunk-tokens", type=int, default=48)
     p.add_argument("--seq-tokens", type=int, default=64)
+    p.add_argument("--compile", default=None, metavar="SHAPE",
+                   help="also time the torch.compile'd engine on this shape (e.g. llama-1b; compiling takes a while)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     device = a.device or ("cpu" if a.smoke else "cuda")
@@ -125,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
                **bench.bench_seq_vs_hf(interp, "Give some tips.", a.seq_tokens, 1)}
         if i == 0:
             row["parallel"] = bench.bench_parallel(interp, "Give some tips.", [2, 4, 8, 16], a.chunk_tokens, 1)
+        if a.compile == name:  # the first call compiles (timed apart), then the same per-step measurement
+            compiled = Interpreter(model, tokenizer, compile=True)
+            t0 = time.perf_counter()
+            per_step_ms(compiled, bench, [1], 4, device)
+            row["compile_s"] = time.perf_counter() - t0
+            row["per_step_compiled"] = per_step_ms(compiled, bench, [1, 4, 8], a.chunk_tokens, device)
+            del compiled
         report["shapes"][name] = row
         print(f"{name}: {params / 1e6:.0f}M params, step ms at k=1/4/8: "
               + "/".join(f"{r['ms_per_step']:.2f}" for r in row["per_step"])
