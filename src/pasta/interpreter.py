@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import torch
@@ -53,6 +54,7 @@ class Interpreter:
         self.tokenizer = tokenizer
         self.runner = ModelRunner(model, compile=compile)
         self._engine: Engine | None = None  # built on first use; keeps its KV buffer between requests
+        self._engine_lock = threading.RLock()  # one engine per interpreter: calls from several threads take turns
         self.layout_config = layout_config or LayoutConfig()
         self.limits = limits or DecodeLimits()
         self.eos_ids = eos_token_ids(model, tokenizer)
@@ -121,6 +123,10 @@ class Interpreter:
         """Drive a prepared `Decoding` (or any engine `Program`, e.g. SoT's `PointExpansion`) to the end on the
         engine, alone: one forward pass per step over one KV cache. Log-probs of the taken tokens are recorded under
         teacher forcing. Returns the program's result (a `GenerationResult` for a `Decoding`)."""
+        with self._engine_lock:
+            return self._run(decoding, sampling, record_logits, on_step)
+
+    def _run(self, decoding, sampling, record_logits, on_step):
         if self._engine is None or self._engine.runner is not self.runner:
             self._engine = Engine(self.model, SINGLE, runner=self.runner)
         engine = self._engine

@@ -259,3 +259,27 @@ def test_bad_arguments_are_clear():
         interp.start([])
     with pytest.raises(ValueError, match="mode"):
         interp.start([1, 2], mode="fast")
+
+
+def test_concurrent_calls_on_one_interpreter_take_turns():
+    """The interpreter keeps one engine: calls from several threads are serialized, each gets its own answer."""
+    import threading
+
+    interp = _interp("llama")
+    prompt = interp.prompt_ids("p")
+    alone = interp.generate(prompt, teacher=TEACHERS["two-chunks-then-more"]).annotated
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(interp.generate(prompt, teacher=TEACHERS["two-chunks-then-more"]).annotated)
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and results == [alone] * 4
+    assert interp._engine.pool.used == 0  # every request's pages came back
