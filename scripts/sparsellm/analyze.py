@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE))
 from sweep import COLS, CSV, RUNS  # noqa: E402
 
 from sparsellm import law as L  # noqa: E402
-from sparsellm.report import plot_loss_vs_params  # noqa: E402
+from sparsellm.report import plot_loss_vs_params, runs_table_md  # noqa: E402
 
 
 replicates: dict[str, float] = {}  # run name -> eval loss with seed 1
@@ -137,11 +137,7 @@ def main() -> None:
 
     # 6) markdown summary
     md = ["Parameters counted (column `params_counted`): non_embedding_linear = every linear weight (attention, MLP, "
-          "untied head); no embedding, no norms.", "",
-          "| run | params | avg params | final params | tokens | eval loss |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        md.append(f"| {r['name']} | {r['params']:,} | {r['avg_params']:,.0f} | {r['final_params']:,.0f} | "
-                  f"{r['tokens'] / 1e6:.2f}M | {r['loss']:.4f} |")
+          "untied head); no embedding, no norms.", "", *runs_table_md(rows)]
     md += ["", "| sparse run | avg / final params | loss | dense run with same avg params | loss | gap | dense at full size |",
            "|---|---|---|---|---|---|---|"]
     for p in pairs:

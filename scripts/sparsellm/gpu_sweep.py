@@ -265,16 +265,12 @@ def verdict(res: dict) -> str:
 
 
 def summary_md(res: dict, rows: list[dict]) -> str:
-    from sparsellm.report import fmt_tokens
+    from sparsellm.report import runs_table_md
 
     md = [f"runs: {res['runs_done']} of {res['runs_registered']} registered"
           + (f" (missing: {', '.join(res['missing'])})" if res["missing"] else ""),
           f"parameters counted: {', '.join(res['params_counted'])} (every linear weight incl. the untied head; "
-          "no embedding, no norms)", "",
-          "| run | params | avg params | final params | tokens | eval loss |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        md.append(f"| {r['name']} | {int(float(r['params'])):,} | {float(r['avg_params']):,.0f} | "
-                  f"{float(r['final_params']):,.0f} | {fmt_tokens(float(r['tokens']))} | {float(r['loss']):.4f} |")
+          "no embedding, no norms)", "", *runs_table_md(rows)]
     md += ["", "| law | in-sample RMSE(log) | LOO mean abs err | LOO max abs err | dense -> sparse | largest size held out |",
            "|---|---|---|---|---|---|"]
     for k, v in res["laws"].items():

@@ -135,6 +135,15 @@ def fmt_tokens(n: float) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,.0f}"
 
 
+def runs_table_md(rows: list[dict]) -> list[str]:
+    """The per-run Markdown table of a summary (rows as read from a CSV or as numbers)."""
+    md = ["| run | params | avg params | final params | tokens | eval loss |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['name']} | {int(float(r['params'])):,} | {float(r['avg_params']):,.0f} | "
+                  f"{float(r['final_params']):,.0f} | {fmt_tokens(float(r['tokens']))} | {float(r['loss']):.4f} |")
+    return md
+
+
 def plot_loss_vs_params(rows: list[dict], coefs: dict[str, dict], path: str | Path, ylabel: str,
                         vmax: float = 0.8) -> None:
     """Two panels, loss vs ``avg_params`` (with the ``avg`` law) and vs ``final_params`` (``dense`` law),
