@@ -90,7 +90,6 @@ class Layout:
             raise ValueError("a request needs at least one prompt token")
         self.config = config or LayoutConfig()
         self.positions: list[int] = list(range(prompt_length))
-        self.slot_thread: list[int] = [MAIN] * prompt_length
         self.prompt_length = prompt_length
         # Per slot, as tensors for vectorized masks (grown by doubling): owning thread and its epoch at append.
         capacity = max(capacity, prompt_length + 16)
@@ -105,6 +104,11 @@ class Layout:
     def __len__(self) -> int:
         return len(self.positions)
 
+    @property
+    def slot_thread(self) -> list[int]:
+        """The thread of every slot (the prompt counts as the main thread's)."""
+        return self._thread_of[: len(self.positions)].clamp(min=MAIN).tolist()
+
     # -- the three operations ---------------------------------------------------------------------------------
     def append(self, thread_id: int, count: int = 1) -> list[int]:
         """Append `count` tokens to a thread. Returns their slots."""
@@ -117,7 +121,6 @@ class Layout:
         self._epoch_of[start:end] = len(thread.bases) - 1
         slots = list(range(start, end))
         self.positions.extend(range(thread.next_position, thread.next_position + count))
-        self.slot_thread.extend([thread_id] * count)
         thread.slots.extend(slots)
         thread.next_position += count
         return slots
