@@ -264,18 +264,18 @@ class Engine:
         # Attention reads up to the highest slot in use by the batch, not to the end of its page: a request decoded
         # alone then attends over exactly its own tokens (its pages are packed from slot 0), the same shapes, and so
         # the same numerics, in any dtype, as a cache that grows by concatenation.
-        kv_length = max(int(seq.table.prefix(inputs.slots[-1] + 1).max()) + 1 for seq, inputs in batch)
+        columns = [seq.table.prefix(inputs.slots[-1] + 1) for seq, inputs in batch]  # each request's global slots
+        kv_length = max(int(c.max()) + 1 for c in columns)
         key_positions = space.positions_buffer()
         token_ids: list[int] = []
         positions: list[int] = []
         logit_rows: list[int] = []
         write = torch.cat([seq.table.global_slots(inputs.slots) for seq, inputs in batch])
         mask = torch.zeros(len(write), kv_length, dtype=torch.bool)
-        for seq, inputs in batch:
+        for (seq, inputs), own in zip(batch, columns):
             start = len(token_ids)
-            local = seq.decoding.layout.step_mask(inputs)
             # Block-diagonal by construction: this request's rows only reach this request's slots.
-            mask[start : start + len(inputs.token_ids)].index_copy_(1, seq.table.prefix(local.shape[1]), local)
+            mask[start : start + len(inputs.token_ids)].index_copy_(1, own, seq.decoding.layout.step_mask(inputs))
             logit_rows.extend(start + r for r in inputs.logit_rows)
             token_ids.extend(inputs.token_ids)
             positions.extend(inputs.positions)
