@@ -86,16 +86,6 @@ def threads_for(free: float, cpus: int) -> int:
     return max(1, min(cpus if cap is None else min(cpus, cap), int(free + 0.5)))
 
 
-def auto_threads(sample_s: float = 0.2) -> int | None:
-    """Threads for the current load, sampled over `sample_s`; None off Linux."""
-    first = sample()
-    if first is None:
-        return None
-    time.sleep(sample_s)
-    second = sample()
-    return threads_for(free_cores(first, second), second.cpus)
-
-
 def parse_threads(value: str | int | None) -> int | str | None:
     """CLI value: a positive integer, "auto", or "torch" (torch's own default). Raises ValueError otherwise."""
     if value is None or value == "auto":
@@ -114,7 +104,8 @@ def parse_threads(value: str | int | None) -> int | str | None:
 class ThreadGovernor:
     """Keeps torch's thread count at the free-core count (`auto`) or at a fixed value."""
 
-    def __init__(self, threads: int | str | None = "auto", *, interval_s: float = 5.0) -> None:
+    def __init__(self, threads: int | str | None = "auto", *, interval_s: float = 5.0, sample_s: float = 0.2) -> None:
+        """`sample_s`: how long `auto` watches the counters at start-up before choosing."""
         self.mode = parse_threads(threads) if isinstance(threads, str) else threads  # None: torch decides
         self.interval_s = interval_s
         self.changes: list[tuple[float, int]] = []  # (monotonic time, threads) each time the count changed
@@ -122,10 +113,10 @@ class ThreadGovernor:
         if isinstance(self.mode, int):
             self._set(self.mode)
         elif self.mode == "auto":
-            threads = auto_threads()
-            if threads is not None:
-                self._set(threads)
-            self._last = sample()
+            self._last = sample()  # None off Linux: torch keeps its default
+            if self._last is not None:
+                time.sleep(sample_s)
+                self._resample()
 
     def _set(self, threads: int) -> None:
         if torch.get_num_threads() != threads:
@@ -136,6 +127,10 @@ class ThreadGovernor:
         """Re-sample if `interval_s` has passed (cheap otherwise: one clock read)."""
         if self.mode != "auto" or self._last is None or time.monotonic() - self._last.at < self.interval_s:
             return
+        self._resample()
+
+    def _resample(self) -> None:
+        """Set the thread count from the free cores since the last sample."""
         now = sample()
         if now is None:
             return
