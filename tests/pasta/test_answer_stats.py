@@ -59,24 +59,13 @@ def test_stats_of_a_looping_answer(interp):
 
 
 def test_refused_promises_count_as_written():
-    from pasta.decoding import DecodeLimits, Decoding
+    from tiny import drive_script
+
     from pasta.interpreter import GenerationResult, build_stats
 
-    script = TOK.encode('A<promise topic="x" tokens="5"/><promise topic="x" tokens="5"/>Done.', add_special_tokens=False)
-    decoding = Decoding(TOK.encode("q"), TOK, eos_ids={TOK.eos_token_id}, limits=DecodeLimits())
-    used = {}
-    while not decoding.done:  # a scripted model: the main thread writes `script`, the chunk "b</async>"
-        decoding.next_inputs()
-        tokens = []
-        for i in decoding.sampler_threads:
-            thread = decoding.threads[i]
-            if thread.inject:
-                tokens.append(0)
-                continue
-            mine = script if i == 0 else TOK.encode("b</async>", add_special_tokens=False)
-            k = used[i] = used.get(i, -1) + 1
-            tokens.append(mine[k] if k < len(mine) else TOK.eos_token_id)
-        decoding.advance(tokens)
+    # A scripted model: the main thread repeats its topic, the chunk writes "b".
+    decoding = drive_script('A<promise topic="x" tokens="5"/><promise topic="x" tokens="5"/>Done.', ["b</async>"] * 2,
+                            tokenizer=TOK)
     annotated, text = decoding.stitch()
     result = GenerationResult(text=text, annotated=annotated, stats=build_stats(decoding, 0.0, 0))
     s = answer_stats(result, TOK)

@@ -6,7 +6,7 @@ drives it), so each test states exactly what the model wrote and checks what the
 from __future__ import annotations
 
 import pytest
-from tiny import ByteTokenizer, tiny_model
+from tiny import ByteTokenizer, drive_script, tiny_model
 
 from pasta.decoding import DecodeLimits, Decoding
 from pasta.interpreter import Interpreter
@@ -21,26 +21,7 @@ def _enc(text: str) -> list[int]:
 
 
 def drive(main: str, chunks: list[str], limits: DecodeLimits | None = None, mode: str = "async") -> Decoding:
-    """Decode with a scripted model: the main thread writes `main`, the k-th chunk writes `chunks[k]` (after its
-    forced <async>); then EOS. A row a guard overrides does not consume the script (the model's sample is
-    discarded; the script continues where the model would)."""
-    decoding = Decoding(_enc("q"), TOK, eos_ids={EOS}, limits=limits or DecodeLimits(), mode=mode)
-    scripts = {0: _enc(main)}
-    used: dict[int, int] = {}
-    while not decoding.done:
-        decoding.next_inputs()
-        tokens = []
-        for index in decoding.sampler_threads:
-            thread = decoding.threads[index]
-            if thread.inject:
-                tokens.append(0)  # replaced by the guard's token
-                continue
-            script = scripts.setdefault(index, _enc(chunks[index - 1]) if index - 1 < len(chunks) else [])
-            k = used.get(index, 0)
-            used[index] = k + 1
-            tokens.append(script[k] if k < len(script) else EOS)
-        decoding.advance(tokens)
-    return decoding
+    return drive_script(main, chunks, limits, mode, TOK)
 
 
 def _promise(topic: str) -> str:
@@ -177,3 +158,20 @@ def test_guard_limits_are_validated():
         DecodeLimits(max_promises=0)
     with pytest.raises(ValueError, match="max_promises_per_sync"):
         DecodeLimits(max_promises_per_sync=True)
+
+
+def test_a_counted_list_that_runs_past_its_total_is_refused():
+    main = ("Tips:\n1. " + _promise("1/2 Sleep") + "\n2. " + _promise("2/2 Food") + "\n3. " + _promise("3/2 Walk")
+            + "\nDone.")
+    decoding = drive(main, ["Sleep.</async>", "Eat.</async>", "never forked</async>"])
+    _, text = decoding.stitch()
+    assert len(decoding.threads) == 3
+    assert len(decoding.guards) == 1 and decoding.guards[0].startswith("count_overrun")
+    assert text == "Tips:\n1. Sleep.\n2. Eat.\n\nDone."
+    # After a sync a new counted list may start; a topic that only looks counted is not a list.
+    fine = ("A:\n" + _promise("1/2 Sleep") + _promise("2/2 Food") + "<sync/>B:\n" + _promise("1/2 Walk")
+            + _promise("2/2 Swim") + _promise("24/7 support") + "<sync/>End.")
+    ok = drive(fine, ["S.</async>", "F.</async>", "W.</async>", "W2.</async>", "H.</async>"])
+    assert ok.guards == [] and len(ok.threads) == 6
+    off = drive(main, ["Sleep.</async>", "Eat.</async>", "Walk.</async>"], DecodeLimits(refuse_count_overrun=False))
+    assert off.guards == [] and len(off.threads) == 4

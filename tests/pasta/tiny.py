@@ -96,3 +96,67 @@ def tiny_hf_folder(path, family: str = "llama", seed: int = 0):
     model.save_pretrained(path)
     fast.save_pretrained(path)
     return path
+
+
+class ScriptedProgram:
+    """A scripted model around a `Decoding`: whatever is sampled, the main thread writes `main` and the k-th chunk
+    `chunks[k]` (after its forced <async>), then EOS. A row a guard overrides does not consume the script (the
+    script continues where the model would). Tag syntax the interpreter feeds by itself (jump-forward) is taken
+    from the script too, and must be what the script says next. Runs on the engine (`Interpreter.run`) or the
+    oracle (`reference_generate`) like the `Decoding` it wraps."""
+
+    def __init__(self, decoding, main: str, chunks: list[str], tokenizer) -> None:
+        self.decoding, self.tokenizer, self.chunks = decoding, tokenizer, chunks
+        self.scripts = {0: tokenizer.encode(main, add_special_tokens=False)}
+        self.used: dict[int, int] = {}
+
+    def __getattr__(self, name):  # done, layout, steps, stitch, threads, ... of the wrapped decoding
+        return getattr(self.decoding, name)
+
+    def next_inputs(self, max_prefill=None):
+        return self.decoding.next_inputs(max_prefill)
+
+    @property
+    def sampler_threads(self) -> list[int]:
+        return self.decoding.sampler_threads
+
+    def result(self, wall_s: float):
+        return self.decoding.result(wall_s)
+
+    def advance(self, sampled: list[int]) -> list[int]:
+        decoding, eos = self.decoding, self.tokenizer.eos_token_id
+        samplers = decoding.sampler_threads
+        tokens = []
+        for index in samplers:
+            thread = decoding.threads[index]
+            if thread.inject:
+                tokens.append(0)  # replaced by the guard's token
+                continue
+            if index not in self.scripts:
+                body = self.chunks[index - 1] if index - 1 < len(self.chunks) else ""
+                self.scripts[index] = self.tokenizer.encode(body, add_special_tokens=False)
+            script = self.scripts[index]
+            k = self.used.get(index, 0)
+            self.used[index] = k + 1
+            tokens.append(script[k] if k < len(script) else eos)
+        taken = decoding.advance(tokens)
+        main = decoding.threads[0]
+        if 0 in samplers and len(main.pending) > 1:  # jump-forward: tokens fed beside the sample
+            jumped, k = main.pending[1:], self.used[0]
+            assert self.scripts[0][k : k + len(jumped)] == jumped, "jump-forward fed what the script does not say"
+            self.used[0] = k + len(jumped)
+        return taken
+
+
+def drive_script(main: str, chunks: list[str], limits=None, mode: str = "async", tokenizer=None):
+    """Decode a scripted model (`ScriptedProgram`) with no model at all; returns the `Decoding`."""
+    from pasta.decoding import DecodeLimits, Decoding
+
+    tok = tokenizer or ByteTokenizer()
+    decoding = Decoding(tok.encode("q", add_special_tokens=False), tok, eos_ids={tok.eos_token_id},
+                        limits=limits or DecodeLimits(), mode=mode)
+    program = ScriptedProgram(decoding, main, chunks, tok)
+    while not decoding.done:
+        decoding.next_inputs()
+        program.advance([0] * len(decoding.sampler_threads))
+    return decoding
