@@ -58,6 +58,13 @@ RUNS: dict[str, tuple[str, list[str], list[str]]] = {
                           "--main-loss-weight", "4"]),
     "r12-v3-long": ("r9 trained 6x longer (720 steps)",
                     ["data/sft-sharegpt-v3.jsonl"], ["--max-steps", "720", *BASE, *DISTILL_PLAIN]),
+    "r13-v4-counted": ("r3 with annotator v4: counted topics ('2/3 Exercise'), 360 steps; plain examples from 368 "
+                       "distilled prompts (r3: 736)",
+                       ["data/sft-sharegpt-v4.jsonl"],
+                       ["--max-steps", "360", *BASE, "--plain-data", "data/sft-distill-v4.jsonl"]),
+    "r14-v3-counted": ("r13 with annotator v3's grouping (~60-token chunks, short topics) and counted topics",
+                       ["data/sft-sharegpt-v3c.jsonl"],
+                       ["--max-steps", "360", *BASE, "--plain-data", "data/sft-distill-v3c.jsonl"]),
     "r8-full-ft": ("r2 as a full fine-tune (lr 5e-5) instead of LoRA", SHAREGPT_V2,
                    ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--full", "--lr", "5e-5"]),
 }

@@ -25,6 +25,8 @@ __all__ = [
     "ASYNC_CLOSE",
     "ASYNC_OPEN",
     "SYNC",
+    "counted_topic",
+    "topic_count",
     "TAG_NAMES",
     "KNOWN_ATTRS",
     "MAX_TAG_LEN",
@@ -172,9 +174,30 @@ def _parse_tokens(value: str | None) -> int | None:
 _TOPIC_WORD_RE = re.compile(r"\w+(?:['\u2019]\w+)*")
 
 
+_TOPIC_COUNT_RE = re.compile(r"^\s*(\d{1,3})\s*/\s*(\d{1,3})\s+(?=\S)")
+
+
+def counted_topic(topic: str, index: int, total: int) -> str:
+    """A topic that says its place in its list: ``counted_topic("Exercise", 2, 3) == "2/3 Exercise"``."""
+    if not 1 <= index <= total:
+        raise ValueError(f"a counted topic needs 1 <= index <= total, got {index}/{total}")
+    return f"{index}/{total} {topic}"
+
+
+def topic_count(topic: str | None) -> tuple[int, int] | None:
+    """(index, total) of a counted topic ("2/3 Exercise" -> (2, 3)); None for a topic without a count."""
+    m = _TOPIC_COUNT_RE.match(topic or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
 def topic_key(topic: str | None) -> str:
-    """Topics that differ only in case, punctuation or spacing are the same topic (runtime guards, statistics)."""
-    return " ".join(w.casefold() for w in _TOPIC_WORD_RE.findall(topic or ""))
+    """Topics that differ only in case, punctuation, spacing or a leading count ("2/3 ") are the same topic (runtime
+    guards, statistics): "1/3 Diet" and "2/3 Diet" repeat a topic."""
+    text = topic or ""
+    m = _TOPIC_COUNT_RE.match(text)
+    if m:
+        text = text[m.end():]
+    return " ".join(w.casefold() for w in _TOPIC_WORD_RE.findall(text))
 
 
 def promise_tag(topic: str, tokens: int | None = None) -> str:

@@ -191,3 +191,19 @@ def test_v3_groups_items_into_chunks_worth_a_thread():
     short = "- Sleep: one two three four five six seven eight\n- Food: one two three four five six seven eight"
     assert not check(short, config=StructuralConfig.v3()).chunks  # two short items: not worth two threads
     assert check(short).chunks  # version 2 forks them
+
+
+def test_v4_counts_topics_per_group_and_keeps_the_text():
+    text = f"Tips:\n\n1. **Sleep**: {LONG}.\n2. **Food**: {LONG}.\n3. **Walk**: {LONG}.\n\nOverall, good."
+    s = check(text, config=StructuralConfig.v4())
+    assert [c.topic for c in s.chunks] == ["1/3 Sleep", "2/3 Food", "3/3 Walk"]
+    assert [lang.topic_count(c.topic) for c in s.chunks] == [(1, 3), (2, 3), (3, 3)]
+    # Sections are counted like list items.
+    two = f"## A\n{LONG}\n\n## B\n{LONG}"
+    assert [c.topic for c in check(two, config=StructuralConfig.v4()).chunks] == ["1/2 A", "2/2 B"]
+    # Counting is orthogonal to the other rules: version 3's grouping counts the grouped chunks.
+    items = [f"{i}. **Animal{i}**: {LONG}." for i in range(1, 7)]
+    grouped = check("Animals:\n" + "\n".join(items), config=StructuralConfig.v3(target_chunk_tokens=70,
+                                                                                counted_topics=True))
+    assert [c.topic for c in grouped.chunks] == ["1/2 Animal1; Animal2; Animal3", "2/2 Animal4; Animal5; Animal6"]
+    assert [c.topic for c in check(text).chunks] == ["Sleep", "Food", "Walk"]  # version 2 counts nothing

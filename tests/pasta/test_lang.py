@@ -513,3 +513,17 @@ def test_validator_exact_issue_lists():
 def test_chunk_dataclass_defaults():
     c = Chunk("t", 10, "b", P)
     assert c.to_storage() == P + "<async>b</async>" and c.has_body
+
+
+def test_counted_topics():
+    from pasta import lang
+
+    assert lang.counted_topic("Exercise", 2, 3) == "2/3 Exercise"
+    assert lang.topic_count("2/3 Exercise") == (2, 3) and lang.topic_count(" 12 / 12  x") == (12, 12)
+    assert lang.topic_count("Exercise") is None and lang.topic_count("2/3") is None  # a count needs a topic
+    assert lang.topic_count("24/7 support") == (24, 7)  # read as a count (the overrun guard needs a finished list)
+    # The count is not part of what a topic is about: the same subject under two counts repeats a topic.
+    assert lang.topic_key("1/3 Diet") == lang.topic_key("2/3 diet!") == lang.topic_key("Diet") == "diet"
+    assert lang.topic_key("2/3") == "2 3"  # nothing after the count: the count is all there is
+    with pytest.raises(ValueError, match="1 <= index <= total"):
+        lang.counted_topic("x", 4, 3)

@@ -90,6 +90,9 @@ class StructuralConfig:
     # only past max_chunks). A promise tag costs the main thread ~13 tokens: a 25-token item is not worth a thread.
     target_chunk_tokens: int | None = None
     grouped_topic_words: int | None = None  # words per item in a grouped chunk's topic (None: as long as fits)
+    # Each topic of a group opens with its place and the group's size ("2/3 Exercise"): the main thread, which
+    # never sees a chunk before `<sync/>`, can then tell from the topic it just wrote that the list is done.
+    counted_topics: bool = False
 
     def __post_init__(self) -> None:
         if self.min_items < 2:
@@ -108,6 +111,13 @@ class StructuralConfig:
         """Version 2, with items grouped into chunks of about 60 tokens and short topics (4 words; 3 per item in a
         group), so each promise pays for itself."""
         return cls(**{"target_chunk_tokens": 60, "max_topic_words": 4, "grouped_topic_words": 3, **overrides})
+
+    @classmethod
+    def v4(cls, **overrides) -> StructuralConfig:
+        """Version 2 with counted topics ("1/3 Diet", "2/3 Exercise", "3/3 Sleep"): the stop decision after a
+        promise becomes a local one (k == N) instead of a guess the main thread cannot make without seeing its
+        chunks, which is what made earlier models repeat a topic until the token cap."""
+        return cls(**{"counted_topics": True, **overrides})
 
     @classmethod
     def v1(cls, **overrides) -> StructuralConfig:
@@ -379,6 +389,8 @@ def _chunks_of(text: str, bodies: list[tuple[int, int]], config: StructuralConfi
         names = topics(longer=True)
         if len({lang.topic_key(t) for t in names}) < len(names):
             return None
+    if config.counted_topics:
+        names = [lang.counted_topic(name, k + 1, len(names)) for k, name in enumerate(names)]
     return [((span[0][0], span[-1][1]), name) for span, name in zip(spans, names)]
 
 

@@ -38,10 +38,12 @@ def add_annotate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer for the `tokens` attribute: a HF folder, a .gguf file, or 'default' (the embedded "
                    "model); default: a tokenizer-free approximation")
-    p.add_argument("--structural-version", type=int, choices=(1, 2, 3), default=2,
+    p.add_argument("--structural-version", type=int, choices=(1, 2, 3, 4), default=2,
                    help="structural annotator rules: 2 (default: at most 6 chunks, markers in the main thread, "
-                   "distinct topics), 3 (2, with items grouped into ~60-token chunks and short topics) or 1 (the "
-                   "first version: a chunk per list item)")
+                   "distinct topics), 3 (2, with items grouped into ~60-token chunks and short topics), 4 (2, with "
+                   "counted topics: '2/3 Exercise') or 1 (the first version: a chunk per list item)")
+    p.add_argument("--counted-topics", action="store_true",
+                   help="structural: every topic opens with its place in its list ('2/3 ...'), with any version")
     p.add_argument("--max-chunks", type=int, default=None, help="structural: at most this many chunks per answer")
     p.add_argument("--target-chunk-tokens", type=int, default=None,
                    help="structural: group list items into chunks of about this many tokens")
@@ -95,7 +97,10 @@ def run_annotate(args: argparse.Namespace) -> int:
         version = getattr(args, "structural_version", 2)
         overrides = {k: v for k in ("max_chunks", "target_chunk_tokens")
                      if (v := getattr(args, k, None)) is not None}
-        config = {1: StructuralConfig.v1, 2: StructuralConfig, 3: StructuralConfig.v3}[version](**overrides)
+        if getattr(args, "counted_topics", False):
+            overrides["counted_topics"] = True
+        config = {1: StructuralConfig.v1, 2: StructuralConfig, 3: StructuralConfig.v3,
+                  4: StructuralConfig.v4}[version](**overrides)
         stats = annotate_structural_examples(examples, args.out, rejects, count_tokens=count_tokens,
                                              config=config, progress=progress)
     else:
