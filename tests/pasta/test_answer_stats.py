@@ -142,3 +142,22 @@ def test_aggregate_with_the_original_model():
     assert out["nll_under_original"] == {"n": 1, "pasta_mean": 1.5, "original_mean": 1.0}
     assert math.isclose(out["mean_plain_tokens"]["original"], 120)
     assert aggregate([]) == {"prompts": 0}
+
+
+def test_tag_text_left_in_the_answer_is_not_well_formed():
+    from tiny import drive_script
+
+    from pasta.eval.answer_stats import leaked_tags
+    from pasta.interpreter import GenerationResult, build_stats
+
+    assert leaked_tags("ok.</sync>\n<sync>x</ promise > <Sync/>") == 4
+    assert leaked_tags("a < b and c > d; <synchronous> is a word; </asyncio>") == 0
+    # What the first default model did: after <sync/> it wrote a paragraph and closed it with "</sync>", which the
+    # language reads as text, so the user saw it.
+    decoding = drive_script('A<promise topic="x" tokens="5"/><sync/>Again b.</sync>', ["b</async>"], tokenizer=TOK)
+    annotated, text = decoding.stitch()
+    assert text == "AbAgain b.</sync>" and decoding.guards == []
+    s = answer_stats(GenerationResult(text=text, annotated=annotated, stats=build_stats(decoding, 0.0, 0)), TOK)
+    assert s.leaked_tags == 1 and not s.well_formed and s.complete
+    rows = [{"id": 0, "pasta": s.to_dict()}, {"id": 1, "pasta": {**s.to_dict(), "leaked_tags": 0}}]
+    assert aggregate(rows)["leaked_tags"] == 0.5

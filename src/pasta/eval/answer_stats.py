@@ -9,7 +9,9 @@ A speedup is only worth reporting over answers a user would accept, so each answ
   `<sync/>`, or at EOS);
 - `duplicate_chunks`: chunks whose body is near-equal to an earlier chunk's (`near_duplicate`);
 - `repetition`: the fraction of repeated word 4-grams in the plain text (`repetition_rate`);
-- `guards`: the runtime guards that fired (`DecodeLimits`), `well_formed`: no tag was ignored, dropped or forced;
+- `guards`: the runtime guards that fired (`DecodeLimits`), `well_formed`: no tag was ignored, dropped or forced,
+  and no tag-like text the language does not know (`</sync>`, `<sync>`, `</promise>`) reached the user's answer
+  (`leaked_tags` counts them: the first default model closed its post-sync paragraph with `</sync>`);
 - `plain_tokens` and `theoretical_speedup` = (plain tokens + 1) / forward steps: the steps a plain, sequential
   decoder needs for the same text (one per token, plus EOS) over the steps we took. Tags are not counted.
 """
@@ -23,11 +25,18 @@ from difflib import SequenceMatcher
 
 from ..lang import Sync, parse, to_structure, topic_key
 
-__all__ = ["AnswerStats", "aggregate", "answer_stats", "repetition_rate", "near_duplicate"]
+__all__ = ["AnswerStats", "aggregate", "answer_stats", "leaked_tags", "near_duplicate", "repetition_rate"]
 
 _WORD_RE = re.compile(r"\w+(?:['\u2019]\w+)*")
 # Warnings that mean a tag the model wrote had no effect or was removed: the Pasta-Lang was not well formed.
 _MALFORMED = ("ignored", "dropped", "unusable tokens", "max_thread_tokens")
+# Tag-like text left in a plain answer: the language reads it as text, a user sees markup.
+_LEAKED_TAG_RE = re.compile(r"</?\s*(?:async|sync|promise)\b[^<>]{0,200}>", re.IGNORECASE)
+
+
+def leaked_tags(text: str) -> int:
+    """How many Pasta-Lang-like tags are left in a plain (tag-stripped) answer."""
+    return len(_LEAKED_TAG_RE.findall(text))
 
 
 def _words(text: str) -> list[str]:
@@ -66,6 +75,7 @@ class AnswerStats:
     repetition: float
     guards: list[str] = field(default_factory=list)
     well_formed: bool = True
+    leaked_tags: int = 0
     plain_tokens: int = 0
     steps: int = 0
     theoretical_speedup: float = 1.0
@@ -96,7 +106,8 @@ def answer_stats(result, tokenizer) -> AnswerStats:
     # A refused promise is gone from the answer, but it is what the model wrote: it counts.
     refused = len(guards) if guards else 0
     refused_repeats = sum(g.startswith("repeated_topic") for g in guards)
-    well_formed = not guards and not any(any(k in w for k in _MALFORMED) for w in stats.warnings)
+    leaked = leaked_tags(result.text or "")
+    well_formed = not guards and not leaked and not any(any(k in w for k in _MALFORMED) for w in stats.warnings)
     return AnswerStats(
         complete=stats.finish_reason == "eos",
         finish_reason=stats.finish_reason,
@@ -109,6 +120,7 @@ def answer_stats(result, tokenizer) -> AnswerStats:
         repetition=round(repetition_rate(result.text), 4),
         guards=guards,
         well_formed=well_formed,
+        leaked_tags=leaked,
         plain_tokens=plain_tokens,
         steps=stats.steps,
         theoretical_speedup=(plain_tokens + 1) / max(1, stats.steps),
@@ -159,6 +171,7 @@ def aggregate(rows: list[dict]) -> dict:
         "uses_promise": _share(len(promised), n),
         "well_formed": _share(sum(bool(r["pasta"]["well_formed"]) for r in rows), n),
         "guards_fired": _share(sum(bool(r["pasta"]["guards"]) for r in rows), n),
+        "leaked_tags": _share(sum(bool(r["pasta"].get("leaked_tags")) for r in rows), n),
         "promise_answers": {
             "n": len(promised),
             "complete": _share(sum(bool(r["pasta"]["complete"]) for r in promised), len(promised)),
