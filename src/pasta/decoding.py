@@ -540,19 +540,20 @@ class Decoding:
         return max(t, all_end, 1)
 
 
-# Text that is only list numbering and whitespace ("\n3. ", "- "): writing it between two syncs is no progress.
 @dataclass(frozen=True)
 class _JumpRule:
     """A piece of tag syntax whose rest is fixed once its first tokens are written: `ids` are its tokens, `texts[k]`
-    the text of the first k, `before` what the held (unfinished) tag text must be just before the piece."""
+    the text of the first k, `commits` the fewest first tokens that commit to the piece ("<" alone could still open
+    <sync/> or <async>), `before` what the held (unfinished) tag text must be just before the piece."""
 
     ids: list[int]
     texts: list[str]
+    commits: int
     before: re.Pattern
 
     def begun(self, held: str, tokens: list[int]) -> int:
         """k when the thread has written exactly the piece's first k tokens (and they commit to it), else 0."""
-        for k in range(len(self.ids) - 1, 0, -1):
+        for k in range(len(self.ids) - 1, self.commits - 1, -1):
             text = self.texts[k]
             if held.endswith(text) and self.before.fullmatch(held[: len(held) - len(text)]) \
                     and tokens[-k:] == self.ids[:k]:
@@ -573,12 +574,12 @@ def _jump_rules(tokenizer) -> list[_JumpRule]:
         texts = [tokenizer.decode(ids[:k]) for k in range(len(ids) + 1)]
         if texts[-1] != piece:
             continue
-        # The first k tokens must already commit to this piece: "<" alone could still open <sync/> or <async>.
-        texts = [t if t.startswith(min_text) else "\0" for t in texts]  # "\0": never held, so never begun
-        rules.append(_JumpRule(ids, texts, re.compile(before)))
+        commits = next(k for k, text in enumerate(texts) if text.startswith(min_text))
+        rules.append(_JumpRule(ids, texts, max(1, commits), re.compile(before)))
     return rules
 
 
+# Text that is only list numbering and whitespace ("\n3. ", "- "): writing it between two syncs is no progress.
 _MARKER_ONLY = re.compile(r"[\s\d.)*+\-\u2022]*")
 _TRAILING_MARKER = re.compile(r"(?:^|\n)[ \t]*((?:\d{1,3}[.)]|[-*+\u2022])[ \t]*)$")
 
