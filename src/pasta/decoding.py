@@ -28,7 +28,21 @@ from typing import Literal
 
 from .detok import IncrementalDetokenizer
 from .forcing import encode_piece
-from .lang import ASYNC_CLOSE, ASYNC_OPEN, SYNC, AsyncClose, AsyncOpen, Promise, Recognizer, Sync, Text, render, topic_count, topic_key
+from .lang import (
+    ASYNC_CLOSE,
+    ASYNC_OPEN,
+    SYNC,
+    AsyncClose,
+    AsyncOpen,
+    Promise,
+    Recognizer,
+    StrayClose,
+    Sync,
+    Text,
+    render,
+    topic_count,
+    topic_key,
+)
 from .layout import MAIN, Layout, LayoutConfig, StepInputs
 from .results import GenerationResult, build_stats
 
@@ -341,6 +355,9 @@ class Decoding:
         if isinstance(event, Text):
             if thread.kind == "main" and not _MARKER_ONLY.fullmatch(event.text):
                 self._main_idle_sync = False
+            return
+        if isinstance(event, StrayClose):  # "</sync>": markup that means nothing; the user must not see it
+            self._ignore(thread, event, "closes nothing (Pasta-Lang has no such tag); dropped from the answer")
             return
         if thread.kind == "main":
             if isinstance(event, Promise):

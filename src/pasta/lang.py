@@ -36,6 +36,7 @@ __all__ = [
     "AsyncOpen",
     "AsyncClose",
     "Sync",
+    "StrayClose",
     "topic_key",
     "Event",
     "Recognizer",
@@ -115,8 +116,18 @@ class Sync:
     raw: str = SYNC
 
 
-Event = Text | Promise | AsyncOpen | AsyncClose | Sync
-Tag = Promise | AsyncOpen | AsyncClose | Sync
+@dataclass(frozen=True)
+class StrayClose:
+    """``</sync>``, ``</sync/>`` or ``</promise>``: a closing tag Pasta-Lang does not have. Models write it (the
+    first default model ended a post-sync paragraph with ``</sync>`` in 11 of 100 answers); read as text it would
+    reach the user, so it is a tag that means nothing: dropped from the plain answer, reported by the validator and
+    by the interpreter's warnings."""
+
+    raw: str
+
+
+Event = Text | Promise | AsyncOpen | AsyncClose | Sync | StrayClose
+Tag = Promise | AsyncOpen | AsyncClose | Sync | StrayClose
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,11 +345,20 @@ def _match_tag(buf: str, p: int, final: bool) -> tuple[int, Tag | None, int]:
                     c.i += 1
                     tag = AsyncOpen(window[: c.i])
         elif ch == "/":
-            if c.literal("/async"):
+            c.i += 1
+            name = c.peek()
+            if name == "a" and c.literal("async"):
                 c.skip_ws()
                 if c.peek() == ">":
                     c.i += 1
                     tag = AsyncClose(window[: c.i])
+            elif (name == "s" and c.literal("sync")) or (name == "p" and c.literal("promise")):
+                c.skip_ws()
+                if c.peek() == "/" and name == "s":  # "</sync/>": both slashes, still no such tag
+                    c.i += 1
+                if c.peek() == ">":
+                    c.i += 1
+                    tag = StrayClose(window[: c.i])
         elif ch == "s":
             if c.literal("sync"):
                 c.skip_ws()
@@ -605,6 +625,7 @@ ISSUE_CODES: dict[str, tuple[str, str]] = {
     "empty-topic": ("error", "promise with an empty topic"),
     "bad-tokens": ("error", "tokens is not a decimal integer"),
     "tokens-out-of-range": ("error", f"tokens <= 0 or > {MAX_TOKENS}"),
+    "stray-close": ("error", "a closing tag Pasta-Lang does not have (</sync>, </sync/>, </promise>)"),
     "malformed-tag": ("error", "text that looks like a Pasta-Lang tag but does not parse as one"),
     "missing-tokens": ("warning", "promise without a tokens attribute"),
     "unknown-attr": ("warning", "promise attribute other than topic/tokens"),
@@ -727,6 +748,8 @@ class _Analyzer:
                     self.issue("nested-async", off, f"{e.raw} inside an async body (no nesting)")
                 elif isinstance(e, Sync):
                     self.issue("sync-in-async", off, f"{e.raw} inside an async body")
+                elif isinstance(e, StrayClose):
+                    self.issue("stray-close", off, f"{e.raw} closes nothing (Pasta-Lang has no such tag)")
                 chunk.body += _event_text(e)  # nested tags stay as body text
                 continue
 
@@ -756,6 +779,9 @@ class _Analyzer:
                 no_body()
                 self.issue("stray-async-close", off, f"{e.raw} with no open <async>")
                 self._main(e.raw)
+            elif isinstance(e, StrayClose):
+                self.issue("stray-close", off, f"{e.raw} closes nothing (Pasta-Lang has no such tag)")
+                self._main(e.raw)  # kept, so the structure stays lossless; plain text drops it like any tag
             else:  # Sync
                 no_body()
                 if outstanding == 0:

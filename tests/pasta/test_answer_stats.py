@@ -152,12 +152,31 @@ def test_tag_text_left_in_the_answer_is_not_well_formed():
 
     assert leaked_tags("ok.</sync>\n<sync>x</ promise > <Sync/>") == 4
     assert leaked_tags("a < b and c > d; <synchronous> is a word; </asyncio>") == 0
-    # What the first default model did: after <sync/> it wrote a paragraph and closed it with "</sync>", which the
-    # language reads as text, so the user saw it.
-    decoding = drive_script('A<promise topic="x" tokens="5"/><sync/>Again b.</sync>', ["b</async>"], tokenizer=TOK)
+    # Tag-like text the language reads as text reaches the user: "<sync>" (no slash) is prose to the recognizer.
+    decoding = drive_script('A<promise topic="x" tokens="5"/><sync/>Again b.<sync>', ["b</async>"], tokenizer=TOK)
     annotated, text = decoding.stitch()
-    assert text == "AbAgain b.</sync>" and decoding.guards == []
+    assert text == "AbAgain b.<sync>" and decoding.guards == [] and decoding.warnings == []
     s = answer_stats(GenerationResult(text=text, annotated=annotated, stats=build_stats(decoding, 0.0, 0)), TOK)
     assert s.leaked_tags == 1 and not s.well_formed and s.complete
     rows = [{"id": 0, "pasta": s.to_dict()}, {"id": 1, "pasta": {**s.to_dict(), "leaked_tags": 0}}]
     assert aggregate(rows)["leaked_tags"] == 0.5
+
+
+def test_a_stray_closing_tag_is_dropped_from_the_answer_with_a_warning():
+    from tiny import drive_script
+
+    from pasta import lang
+    from pasta.interpreter import GenerationResult, build_stats
+
+    # What the first default model did in 11 of 100 answers: after <sync/> it wrote a paragraph and closed it with
+    # "</sync>" (or "</sync/>"). Pasta-Lang has no such tag: the user must not see it, and the answer is not well formed.
+    decoding = drive_script('A<promise topic="x" tokens="5"/><sync/>Again b.</sync>', ["b</sync/> c</async>"],
+                            tokenizer=TOK)
+    annotated, text = decoding.stitch()
+    assert text == "Ab c" + "Again b." and decoding.guards == []
+    assert len(decoding.warnings) == 2 and all("closes nothing" in w for w in decoding.warnings)
+    assert "</sync>" in annotated and "</sync/>" in annotated  # the storage form keeps what the model wrote
+    assert [i.code for i in lang.validate(annotated)] == ["stray-close", "stray-close"]
+    assert lang.strip_tags(annotated) == text
+    s = answer_stats(GenerationResult(text=text, annotated=annotated, stats=build_stats(decoding, 0.0, 0)), TOK)
+    assert s.leaked_tags == 0 and not s.well_formed and s.complete

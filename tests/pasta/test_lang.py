@@ -20,6 +20,7 @@ from pasta.lang import (
     PastaSyntaxError,
     Promise,
     Recognizer,
+    StrayClose,
     Sync,
     SyncMark,
     Text,
@@ -95,6 +96,10 @@ FRAGMENTS = [
     "<sync />",
     "<sy",
     "<asyncio>",
+    "</sync>",
+    "</sync />",
+    "</promise>",
+    "</syncron>",
     "a < b",
     "<promises>",
     '<promise topic="x" tokens="10"/>',
@@ -311,6 +316,10 @@ def test_promise_parsing(raw, topic, tokens, attrs):
         "<synced/>",
         "</async x>",
         "</ async>",
+        "</syncron>",
+        "</sync/ >",
+        "</promises>",
+        "</ sync>",
         "a < b > c",
         '<promise topic="a',
         "<",
@@ -323,7 +332,8 @@ def test_not_tags(s):
 
 @pytest.mark.parametrize(
     "s, cls", [("<async>", AsyncOpen), ("<async  >", AsyncOpen), ("</async>", AsyncClose),
-               ("</async\n>", AsyncClose), ("<sync/>", Sync), ("<sync />", Sync)]
+               ("</async\n>", AsyncClose), ("<sync/>", Sync), ("<sync />", Sync), ("</sync>", StrayClose),
+               ("</sync/>", StrayClose), ("</sync >", StrayClose), ("</promise>", StrayClose)]
 )
 def test_simple_tags(s, cls):
     assert parse(s) == [cls(s)]
@@ -527,3 +537,15 @@ def test_counted_topics():
     assert lang.topic_key("2/3") == "2 3"  # nothing after the count: the count is all there is
     with pytest.raises(ValueError, match="1 <= index <= total"):
         lang.counted_topic("x", 4, 3)
+
+
+def test_a_stray_closing_tag_is_markup_that_means_nothing():
+    # "</sync>" is no Pasta-Lang tag, but a model writes it: read as text, a user would see it.
+    text = 'A<promise topic="x" tokens="5"/><async>b</sync/></async><sync/>Again.</sync>'
+    assert strip_tags(text) == "AbAgain."
+    issues = validate(text)
+    assert [i.code for i in issues] == ["stray-close", "stray-close"] and not is_valid(text)
+    assert (issues[0].line, issues[0].column) == (1, text.index("</sync/>") + 1)
+    structure = to_structure(text)
+    assert structure.to_storage() == text  # lossless, like every other malformed input
+    assert structure.chunks[0].body == "b</sync/>" and structure.plain_text() == "AbAgain."

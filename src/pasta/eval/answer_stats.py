@@ -10,8 +10,9 @@ A speedup is only worth reporting over answers a user would accept, so each answ
 - `duplicate_chunks`: chunks whose body is near-equal to an earlier chunk's (`near_duplicate`);
 - `repetition`: the fraction of repeated word 4-grams in the plain text (`repetition_rate`);
 - `guards`: the runtime guards that fired (`DecodeLimits`), `well_formed`: no tag was ignored, dropped or forced,
-  and no tag-like text the language does not know (`</sync>`, `<sync>`, `</promise>`) reached the user's answer
-  (`leaked_tags` counts them: the first default model closed its post-sync paragraph with `</sync>`);
+  and no tag-like text reached the user's answer (`leaked_tags` counts it: `<sync>`, `</ promise >`; the
+  `</sync>` with which the first default model closed post-sync paragraphs is now a stray closing tag that the
+  interpreter drops with a warning, see docs/pasta-lang.md);
 - `plain_tokens` and `theoretical_speedup` = (plain tokens + 1) / forward steps: the steps a plain, sequential
   decoder needs for the same text (one per token, plus EOS) over the steps we took. Tags are not counted.
 """
