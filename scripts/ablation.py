@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "ablation"
 PY = sys.executable
-COMMON = ["--batch-size", "4", "--save-steps", "20", "--threads", "1", "--bf16", "--resume"]
+COMMON = ["--batch-size", "4", "--save-steps", "20", "--bf16", "--resume"]
 
 # name -> (what it changes, data files, extra `pasta train sft` arguments). r0 is the first default model.
 SHAREGPT_V2 = ["data/sft-sharegpt-v2.jsonl"]
@@ -65,6 +65,10 @@ RUNS: dict[str, tuple[str, list[str], list[str]]] = {
     "r14-v3-counted": ("r13 with annotator v3's grouping (~60-token chunks, short topics) and counted topics",
                        ["data/sft-sharegpt-v3c.jsonl"],
                        ["--max-steps", "360", *BASE, "--plain-data", "data/sft-distill-v3c.jsonl"]),
+    "r15-v5-outline": ("r13 with annotator v5: an outline line ('Overview: Diet; Sleep; Walk.') before each list, so "
+                       "the main thread copies each topic from text in view",
+                       ["data/sft-sharegpt-v5.jsonl"],
+                       ["--max-steps", "360", *BASE, "--plain-data", "data/sft-distill-v5.jsonl"]),
     "r8-full-ft": ("r2 as a full fine-tune (lr 5e-5) instead of LoRA", SHAREGPT_V2,
                    ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--full", "--lr", "5e-5"]),
 }
@@ -80,7 +84,7 @@ STAGE2: dict[str, tuple[str, list[str]]] = {
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 
 
-def run(name: str) -> None:
+def run(name: str, threads: int = 1) -> None:
     if name in STAGE2:
         out = ROOT / "runs" / "abl" / name
         subprocess.run([PY, "-m", "pasta.cli", "train", "pref", "--out", str(out), *STAGE2[name][1]], check=True, cwd=ROOT)
@@ -90,7 +94,8 @@ def run(name: str) -> None:
     out = ROOT / "runs" / "abl" / name
     if data:
         lr = [] if "--lr" in extra else ["--lr", "5e-4"]
-        subprocess.run([PY, "-m", "pasta.cli", "train", "sft", "--data", *data, "--out", str(out), *COMMON, *lr, *extra],
+        subprocess.run([PY, "-m", "pasta.cli", "train", "sft", "--data", *data, "--out", str(out), *COMMON, *lr, *extra,
+                        "--threads", str(threads)],
                        check=True, cwd=ROOT)
     adapter = [] if name.startswith("r0") else ["--no-adapter"] if name == "base" else ["--adapter", str(out)]
     _evaluate(name, adapter)
@@ -168,11 +173,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", choices=sorted([*RUNS, *STAGE2]), action="append", default=[])
     parser.add_argument("--table", action="store_true")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for training (results do not depend on it; time does)")
     parser.add_argument("--restat", choices=sorted(RUNS), action="append", default=[],
                         help="recompute a run's statistics from its per-answer rows")
     args = parser.parse_args()
     for name in args.run:
-        run(name)
+        run(name, args.threads)
     for name in args.restat:
         restat(name)
     if args.table:

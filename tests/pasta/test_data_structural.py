@@ -207,3 +207,41 @@ def test_v4_counts_topics_per_group_and_keeps_the_text():
                                                                                 counted_topics=True))
     assert [c.topic for c in grouped.chunks] == ["1/2 Animal1; Animal2; Animal3", "2/2 Animal4; Animal5; Animal6"]
     assert [c.topic for c in check(text).chunks] == ["Sleep", "Food", "Walk"]  # version 2 counts nothing
+
+
+def test_v5_outline_names_each_group_before_its_first_chunk_and_adds_nothing_else():
+    from pasta.data.annotate_structural import OUTLINE_PREFIX, outline_line
+
+    text = (f"Tips:\n\n1. **Sleep**: {LONG}.\n2. **Food**: {LONG}.\n3. **Walk**: {LONG}.\n\nOverall, good.")
+    out = annotate_structural(text, config=StructuralConfig.v5())
+    assert lang.is_valid(out), lang.validate(out)
+    plain = lang.strip_tags(out)
+    # Exactly one line added, right before the list's first item; the rest of the answer is untouched.
+    assert plain == text.replace("1. **Sleep**", "Overview: Sleep; Food; Walk.\n\n1. **Sleep**", 1)
+    s = lang.to_structure(out, strict=True)
+    assert [c.topic for c in s.chunks] == ["1/3 Sleep", "2/3 Food", "3/3 Walk"]
+    # Every promise topic, without its count, is written in the outline the main thread has in view.
+    outline = next(line for line in plain.splitlines() if line.startswith(OUTLINE_PREFIX))
+    assert all(c.topic.split(" ", 1)[1] in outline for c in s.chunks)
+    assert out.index(outline) < out.index("<promise")
+    # Grouped chunks: the outline names chunks (a grouped topic keeps its "; "), sections get one too.
+    items = [f"{i}. **Animal{i}**: {LONG}." for i in range(1, 7)]
+    grouped = annotate_structural("Animals:\n" + "\n".join(items),
+                                  config=StructuralConfig.v5(target_chunk_tokens=70, grouped_topic_words=3))
+    assert lang.strip_tags(grouped).startswith(
+        "Animals:\n" + outline_line(["Animal1; Animal2; Animal3", "Animal4; Animal5; Animal6"]) + "1. **Animal1**")
+    two = annotate_structural(f"## A\n{LONG}\n\n## B\n{LONG}", config=StructuralConfig.v5())
+    assert two.startswith("Overview: A; B.\n\n<promise topic=\"1/2 A\"")
+    # Nothing to fork: no outline, the text comes back as it was.
+    assert annotate_structural("Just a sentence.", config=StructuralConfig.v5()) == "Just a sentence."
+
+
+def test_v5_rows_store_the_outlined_answer_as_the_response(tmp_path):
+    examples = [Example("s:1", "p", f"Tips:\n- Sleep: {LONG}\n- Food: {LONG}", "s"), Example("s:2", "p", "Plain.", "s")]
+    out, rej = tmp_path / "out.jsonl", tmp_path / "rej.jsonl"
+    stats = annotate_structural_examples(examples, out, rej, config=StructuralConfig.v5(), progress=False)
+    assert (stats.accepted, stats.annotated) == (2, 1)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["response"] == f"Tips:\nOverview: Sleep; Food.\n\n- Sleep: {LONG}\n- Food: {LONG}"
+    assert all(lang.strip_tags(r["annotated"]) == r["response"] for r in rows)
+    assert rows[1]["response"] == "Plain."

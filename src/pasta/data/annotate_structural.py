@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pasta import lang
@@ -40,7 +40,8 @@ from pasta.data.finalize import (
 )
 from pasta.data.sources import Example
 
-__all__ = ["StructuralConfig", "annotate_structural", "annotate_structural_examples", "topic_from_text"]
+__all__ = ["OUTLINE_PREFIX", "StructuralConfig", "annotate_structural", "annotate_structural_examples", "outline_line",
+           "topic_from_text"]
 
 # Words that make an item depend on the one before it (sequential procedures, back-references).
 _DEPENDENT_OPENERS = frozenset(
@@ -93,6 +94,10 @@ class StructuralConfig:
     # Each topic of a group opens with its place and the group's size ("2/3 Exercise"): the main thread, which
     # never sees a chunk before `<sync/>`, can then tell from the topic it just wrote that the list is done.
     counted_topics: bool = False
+    # Before a group's first chunk, the main thread writes one plain line naming the group's chunks ("Overview:
+    # Sleep; Food; Walk."), so each topic it writes next is copied from text in view instead of recalled from the
+    # last topic alone (r13: 13 of 22 repeated topics were a list's second item). The one rule that adds text.
+    outline: bool = False
 
     def __post_init__(self) -> None:
         if self.min_items < 2:
@@ -118,6 +123,13 @@ class StructuralConfig:
         promise becomes a local one (k == N) instead of a guess the main thread cannot make without seeing its
         chunks, which is what made earlier models repeat a topic until the token cap."""
         return cls(**{"counted_topics": True, **overrides})
+
+    @classmethod
+    def v5(cls, **overrides) -> StructuralConfig:
+        """Version 4 with an outline line before each group ("Overview: Diet; Exercise; Sleep."): the answer the
+        model learns is the original one plus that line, which it writes sequentially, where a small model lists
+        distinct items well, and then copies topic by topic into its promises."""
+        return cls(**{"counted_topics": True, "outline": True, **overrides})
 
     @classmethod
     def v1(cls, **overrides) -> StructuralConfig:
@@ -251,18 +263,38 @@ def annotate_structural(
     count_tokens: TokenCounter | None = None,
     config: StructuralConfig = StructuralConfig(),
 ) -> str:
-    """Valid Pasta-Lang whose plain text is exactly `text`; unchanged when nothing qualifies."""
+    """Valid Pasta-Lang whose plain text is exactly `text` (with `config.outline`: `text` plus the outline lines);
+    unchanged when nothing qualifies."""
     if not text.strip() or has_pasta_tags(text):
         return text
-    result = _insert_tags(text, count_tokens or approx_token_count, config)
+    inserted: list[tuple[int, str]] = []
+    result = _insert_tags(text, count_tokens or approx_token_count, config, inserted)
     # Never hand back something that changed the answer or does not parse; unannotated is always valid.
-    if lang.strip_tags(result) != text or not lang.is_valid(result):
+    if lang.strip_tags(result) != _with_insertions(text, inserted) or not lang.is_valid(result):
         return text
     return result
 
 
-def _insert_tags(text: str, count: TokenCounter, config: StructuralConfig) -> str:
-    """The rules themselves (tests check their output directly, without the safety net above)."""
+OUTLINE_PREFIX = "Overview: "
+
+
+def outline_line(topics: list[str]) -> str:
+    """The plain line an outlined group starts with: ``"Overview: Diet; Exercise; Sleep.\n\n"``."""
+    return OUTLINE_PREFIX + "; ".join(topics) + ".\n\n"
+
+
+def _with_insertions(text: str, inserted: list[tuple[int, str]]) -> str:
+    out, last = [], 0
+    for at, piece in inserted:
+        out += [text[last:at], piece]
+        last = at
+    return "".join(out) + text[last:]
+
+
+def _insert_tags(text: str, count: TokenCounter, config: StructuralConfig,
+                 inserted: list[tuple[int, str]] | None = None) -> str:
+    """The rules themselves (tests check their output directly, without the safety net above). Text the rules add
+    (outline lines) is recorded in `inserted` as (offset in `text`, text)."""
     lines = _lines(text)
 
     def span_text(first: int, end: int) -> tuple[int, int]:
@@ -317,6 +349,15 @@ def _insert_tags(text: str, count: TokenCounter, config: StructuralConfig) -> st
         if config.max_chunks is not None and total + len(chunks) > config.max_chunks:
             continue  # at most max_chunks per answer: later groups stay in the main thread
         total += len(chunks)
+        if config.outline:
+            line_start = text.rfind("\n", 0, chunks[0][0][0]) + 1
+            line = outline_line([topic for _, topic in chunks])
+            out.append(text[last:line_start] + line)
+            last = line_start
+            if inserted is not None:
+                inserted.append((line_start, line))
+        if config.counted_topics:
+            chunks = [(span, lang.counted_topic(topic, k + 1, len(chunks))) for k, (span, topic) in enumerate(chunks)]
         for (a, b), topic in chunks:
             body = text[a:b]
             tokens = lang.tokens_attr_from_count(count(body), config.tokens_multiple)
@@ -356,7 +397,7 @@ def _group(sizes: list[int], k: int) -> list[int]:
 
 def _chunks_of(text: str, bodies: list[tuple[int, int]], config: StructuralConfig, count: TokenCounter
                ) -> list[tuple[tuple[int, int], str]] | None:
-    """The group's chunks as ((start, end), topic): items grouped to at most `max_chunks` (and to about
+    """The group's chunks as ((start, end), topic without a count): items grouped to at most `max_chunks` (and to about
     `target_chunk_tokens` each), topics made distinct (None: the group is left alone)."""
     if config.target_chunk_tokens is not None:
         sizes = [count(text[a:b]) for a, b in bodies]
@@ -389,8 +430,6 @@ def _chunks_of(text: str, bodies: list[tuple[int, int]], config: StructuralConfi
         names = topics(longer=True)
         if len({lang.topic_key(t) for t in names}) < len(names):
             return None
-    if config.counted_topics:
-        names = [lang.counted_topic(name, k + 1, len(names)) for k, name in enumerate(names)]
     return [((span[0][0], span[-1][1]), name) for span, name in zip(spans, names)]
 
 
@@ -424,9 +463,11 @@ def annotate_structural_examples(
                 stats.skipped_done += 1
                 continue
             try:
+                raw = annotate_structural(ex.response, count, config)
+                if config.outline:  # the answer to learn is the response with its outline lines
+                    ex = replace(ex, response=lang.strip_tags(raw))
                 # finalize re-checks what the rules produced, with the same rules as LLM annotations.
-                annotated = finalize_annotation(ex.response, annotate_structural(ex.response, count, config),
-                                                count, finalize_cfg)
+                annotated = finalize_annotation(ex.response, raw, count, finalize_cfg)
             except AnnotationRejected as rej:
                 store.reject(ex, rej.reason, rej.detail, "structural")
                 stats.reject(rej.reason)

@@ -38,10 +38,11 @@ def add_annotate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer for the `tokens` attribute: a HF folder, a .gguf file, or 'default' (the embedded "
                    "model); default: a tokenizer-free approximation")
-    p.add_argument("--structural-version", type=int, choices=(1, 2, 3, 4), default=2,
+    p.add_argument("--structural-version", type=int, choices=(1, 2, 3, 4, 5), default=2,
                    help="structural annotator rules: 2 (default: at most 6 chunks, markers in the main thread, "
                    "distinct topics), 3 (2, with items grouped into ~60-token chunks and short topics), 4 (2, with "
-                   "counted topics: '2/3 Exercise') or 1 (the first version: a chunk per list item)")
+                   "counted topics: '2/3 Exercise'), 5 (4, with an outline line before each list: 'Overview: A; B.') "
+                   "or 1 (the first version: a chunk per list item)")
     p.add_argument("--counted-topics", action="store_true",
                    help="structural: every topic opens with its place in its list ('2/3 ...'), with any version")
     p.add_argument("--max-chunks", type=int, default=None, help="structural: at most this many chunks per answer")
@@ -100,7 +101,7 @@ def run_annotate(args: argparse.Namespace) -> int:
         if getattr(args, "counted_topics", False):
             overrides["counted_topics"] = True
         config = {1: StructuralConfig.v1, 2: StructuralConfig, 3: StructuralConfig.v3,
-                  4: StructuralConfig.v4}[version](**overrides)
+                  4: StructuralConfig.v4, 5: StructuralConfig.v5}[version](**overrides)
         stats = annotate_structural_examples(examples, args.out, rejects, count_tokens=count_tokens,
                                              config=config, progress=progress)
     else:
