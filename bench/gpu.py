@@ -2,12 +2,16 @@
 
     python bench/gpu.py --json                       # CUDA: SmolLM2-135M, Llama-1B and Llama-8B shapes, bf16
     python bench/gpu.py --smoke --json               # CPU, tiny shapes: checks the script end to end
+    python bench/gpu.py --json --graphs llama-1b     # also CUDA-graph decode steps on that shape (pasta.step_graphs)
 
 Reports, per shape: parameters, the per-step time of asynchronous decoding at k = 1, 4, 8 parallel chunks next to
 the memory-bandwidth floor (bytes of weights / `--bandwidth-gbs`), `seq_vs_hf` (our sequential decoding / HF
 `generate` with its KV cache, same tokens); for the first shape also teacher-forced realized / theoretical speedups
 at k = 2, 4, 8, 16 (bench/interpreter.py's protocol) and exactness against the naive oracle in fp32 (max logit
 difference, `pasta.reference`). Tokens come from the embedded model's tokenizer. Ratios are measured side by side.
+With `--graphs SHAPE`: per-step ms of decode steps replayed from CUDA graphs on that shape, the runner's counts
+(static / eager steps, captures) and any capture error, and exactness of the graphed engine against the oracle (fp32).
+On CPU (--smoke) the same static steps run uncaptured.
 """
 
 from __future__ import annotations
@@ -76,14 +80,14 @@ def per_step_ms(interp, bench, ks, chunk_tokens, device) -> list[dict]:
     return out
 
 
-def exactness(tokenizer, device, shape) -> float:
+def exactness(tokenizer, device, shape, cuda_graphs: bool = False) -> float:
     """Max |logit difference| between the cached engine and the naive oracle (full recomputation), fp32."""
     from pasta.interpreter import Interpreter
     from pasta.reference import reference_generate
 
     bench = _interpreter_bench()
     model = build(shape, torch.float32, device)
-    interp = Interpreter(model, tokenizer)
+    interp = Interpreter(model, tokenizer, cuda_graphs=cuda_graphs)
     ids = interp.prompt_ids("Give some tips.")
     teacher = bench.forced_answer(tokenizer, 3, 12)
     fast = interp.generate(ids, teacher=teacher, record_logits=True)
@@ -102,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-tokens", type=int, default=64)
     p.add_argument("--compile", default=None, metavar="SHAPE",
                    help="also time the torch.compile'd engine on this shape (e.g. llama-1b; compiling takes a while)")
+    p.add_argument("--graphs", default=None, metavar="SHAPE",
+                   help="also time decode steps replayed from CUDA graphs on this shape (e.g. llama-1b)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     device = a.device or ("cpu" if a.smoke else "cuda")
@@ -134,6 +140,15 @@ def main(argv: list[str] | None = None) -> int:
             row["compile_s"] = time.perf_counter() - t0
             row["per_step_compiled"] = per_step_ms(compiled, bench, [1, 4, 8], a.chunk_tokens, device)
             del compiled
+        if a.graphs == name:
+            graphed = Interpreter(model, tokenizer, cuda_graphs=True)
+            t0 = time.perf_counter()
+            per_step_ms(graphed, bench, [1, 2, 4, 8], 4, device)  # captures every bucket these steps use
+            row["graphs_first_s"] = time.perf_counter() - t0
+            row["per_step_graphs"] = per_step_ms(graphed, bench, [1, 4, 8], a.chunk_tokens, device)
+            row["graphs_runner"] = {**graphed.runner.counts, "graphs": graphed.runner.graphs,
+                                    "capture_error": graphed.runner.capture_error}
+            del graphed
         report["shapes"][name] = row
         print(f"{name}: {params / 1e6:.0f}M params, step ms at k=1/4/8: "
               + "/".join(f"{r['ms_per_step']:.2f}" for r in row["per_step"])
@@ -142,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
     report["exactness_fp32_max_abs"] = exactness(tokenizer, device, next(iter(shapes.values())))
+    if a.graphs:
+        report["exactness_graphs_fp32_max_abs"] = exactness(tokenizer, device, next(iter(shapes.values())),
+                                                            cuda_graphs=True)
     report["wall_s"] = time.perf_counter() - started
     print(json.dumps(report, indent=1) if a.json else
           f"exactness vs oracle (fp32): {report['exactness_fp32_max_abs']:.2e}; {report['wall_s']:.0f} s")

@@ -18,6 +18,8 @@ def add_model_options(p: argparse.ArgumentParser, *, dtype: str = "auto", compil
     if compile:
         p.add_argument("--compile", action="store_true",
                        help="torch.compile the forward pass (faster steps after a compilation of minutes on CPU)")
+        p.add_argument("--cuda-graphs", action="store_true",
+                       help="replay decode steps from CUDA graphs (GPU; query buckets 1-16, prefill stays eager)")
 
 
 def adapter_from_args(args) -> str | bool:

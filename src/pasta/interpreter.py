@@ -48,11 +48,21 @@ class Interpreter:
         limits: DecodeLimits | None = None,
         name: str = "model",
         compile: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
-        """`compile`: run forward passes through `torch.compile` (see `pasta.runner.ModelRunner`)."""
+        """`compile`: run forward passes through `torch.compile` (see `pasta.runner.ModelRunner`). `cuda_graphs`:
+        decode steps on fixed buffers in query buckets, replayed from CUDA graphs on a GPU (on a CPU the same static
+        steps run uncaptured; see `pasta.step_graphs`)."""
+        if compile and cuda_graphs:
+            raise ValueError("choose compile or cuda_graphs, not both")
         self.model = model
         self.tokenizer = tokenizer
-        self.runner = ModelRunner(model, compile=compile)
+        if cuda_graphs:
+            from .step_graphs import StaticStepRunner
+
+            self.runner: ModelRunner = StaticStepRunner(model)
+        else:
+            self.runner = ModelRunner(model, compile=compile)
         self._engine: Engine | None = None  # built on first use; keeps its KV buffer between requests
         self._engine_lock = threading.RLock()  # one engine per interpreter: calls from several threads take turns
         self.layout_config = layout_config or LayoutConfig()

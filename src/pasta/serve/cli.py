@@ -47,7 +47,7 @@ def run_serve(args) -> int:
         batch_invariant=args.batch_invariant,
     )
     interpreter = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter_from_args(args),
-                                              compile=args.compile)
+                                              compile=args.compile, cuda_graphs=args.cuda_graphs)
     app = create_app(interpreter, config, threads=governor)
     print(f"pasta serve: {config.served_model_name or interpreter.name} on http://{config.host}:{config.port}/v1 "
           f"(max batch {config.max_batch}, {'sequential' if config.sequential else 'async'})", flush=True)
