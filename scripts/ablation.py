@@ -84,11 +84,11 @@ STAGE2: dict[str, tuple[str, list[str]]] = {
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 
 
-def run(name: str, threads: int = 1) -> None:
+def run(name: str, threads: int = 1, workers: int = 1) -> None:
     if name in STAGE2:
         out = ROOT / "runs" / "abl" / name
         subprocess.run([PY, "-m", "pasta.cli", "train", "pref", "--out", str(out), *STAGE2[name][1]], check=True, cwd=ROOT)
-        _evaluate(name, ["--adapter", str(out / "round-1" / "adapter")])
+        _evaluate(name, ["--adapter", str(out / "round-1" / "adapter")], workers)
         return
     what, data, extra = RUNS[name]
     out = ROOT / "runs" / "abl" / name
@@ -98,12 +98,13 @@ def run(name: str, threads: int = 1) -> None:
                         "--threads", str(threads)],
                        check=True, cwd=ROOT)
     adapter = [] if name.startswith("r0") else ["--no-adapter"] if name == "base" else ["--adapter", str(out)]
-    _evaluate(name, adapter)
+    _evaluate(name, adapter, workers)
 
 
-def _evaluate(name: str, adapter: list[str]) -> None:
+def _evaluate(name: str, adapter: list[str], workers: int = 1) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    subprocess.run([PY, "bench/default_model.py", *DEV, *adapter, "--out", str(RESULTS / f"{name}.jsonl"),
+    subprocess.run([PY, "bench/default_model.py", *DEV, *adapter, "--workers", str(workers),
+                    "--out", str(RESULTS / f"{name}.jsonl"),
                     "--summary", str(RESULTS / f"{name}.summary.json"), "--json"], check=True, cwd=ROOT)
 
 
@@ -175,11 +176,13 @@ def main() -> int:
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for training (results do not depend on it; time does)")
+    parser.add_argument("--eval-workers", type=int, default=1,
+                        help="decode the development set in this many processes (1 thread each)")
     parser.add_argument("--restat", choices=sorted(RUNS), action="append", default=[],
                         help="recompute a run's statistics from its per-answer rows")
     args = parser.parse_args()
     for name in args.run:
-        run(name, args.threads)
+        run(name, args.threads, args.eval_workers)
     for name in args.restat:
         restat(name)
     if args.table:
