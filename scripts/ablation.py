@@ -69,6 +69,9 @@ RUNS: dict[str, tuple[str, list[str], list[str]]] = {
                        "the main thread copies each topic from text in view",
                        ["data/sft-sharegpt-v5.jsonl"],
                        ["--max-steps", "360", *BASE, "--plain-data", "data/sft-distill-v5.jsonl"]),
+    "r16-v5-outline-plain736": ("r15 with plain examples from 736 distilled prompts, as r3 (r15: 368)",
+                                ["data/sft-sharegpt-v5.jsonl"],
+                                ["--max-steps", "360", *BASE, "--plain-data", "data/sft-distill736-v5.jsonl"]),
     "r8-full-ft": ("r2 as a full fine-tune (lr 5e-5) instead of LoRA", SHAREGPT_V2,
                    ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--full", "--lr", "5e-5"]),
 }
