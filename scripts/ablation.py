@@ -10,7 +10,14 @@ ablation is about; wall-clock speed is measured on the final model only.
 
 Data files come from `pasta annotate` / `pasta distill` (see scripts/build_default_model.sh):
 data/sft-sharegpt-v2.jsonl (ShareGPT, annotator v2), data/sft-distill-v2.jsonl (the base model's own answers to
-ShareGPT instructions, annotated: mostly plain).
+ShareGPT instructions, annotated: mostly plain). Version N of the structural annotator writes data/sft-*-vN.jsonl
+(`pasta annotate --annotator structural --structural-version N --tokenizer default`, --source sharegpt or the kept
+distilled answers). Distilled answers: `pasta distill --source sharegpt --instructions-only --shuffle-seed 0
+--list-share 0.5 --max-new-tokens 400 --max-batch 32 --max-repetition 0.25` with --limit 368 (--out
+data/distill-instr.jsonl --kept data/distill-kept.jsonl: r13, r15) or --limit 736 (--out data/distill736-instr.jsonl
+--kept data/distill736-kept.jsonl: r16; the first 368 prompts are the same, so it can start from a copy of the 368).
+
+    python scripts/ablation.py --run r16-v5-outline-plain736 --threads 2 --eval-workers 2   # 2 cores: ~1 h + 10 min
 """
 
 from __future__ import annotations
