@@ -55,7 +55,7 @@ def measure(index: int, prompt: str, pasta: Interpreter, original: Interpreter |
     row = {
         "index": index, "id": f"alpaca_eval:{index}", "instruction": prompt, "output": result.text,
         "annotated": result.annotated, "pasta": stats.to_dict(), "wall_async_s": wall_async,
-        "warnings": result.stats.warnings,
+        "warnings": result.stats.warnings, "outline_topics_fed": result.stats.outline_topics_fed,
         "chunks": [{"topic": t.topic, "tokens": t.sampled, "close": t.close_reason} for t in result.stats.timeline[1:]],
     }
     if sequential:
@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="per-prompt JSONL (appended; a rerun skips done prompts)")
     parser.add_argument("--summary", default=None, help="also write the summary JSON here")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    parser.add_argument("--outline-topics", action="store_true",
+                        help="DecodeLimits.outline_topics: topics fed from the outline line (models trained on v5)")
     parser.add_argument("--workers", type=int, default=1,
                         help="decode in this many processes (contiguous shards; needs --out), then merge")
     args = parser.parse_args(argv)
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     adapter = False if args.no_adapter else (args.adapter or True)
     pasta = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter)
     original = None if args.no_original else Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=False)
-    limits = DecodeLimits(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_new_tokens)
+    limits = DecodeLimits(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_new_tokens,
+                          outline_topics=args.outline_topics)
     prompts = alpaca_eval_prompts()
     end = len(prompts) if args.limit is None else args.offset + args.limit
     chosen = list(range(args.offset, min(end, len(prompts))))
@@ -151,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(args, model_name: str, rows: list[dict]) -> int:
     summary = {"model": model_name, "dtype": args.dtype, "max_new_tokens": args.max_new_tokens,
-               "offset": args.offset, "threads": args.threads, "workers": args.workers, **aggregate(rows)}
+               "offset": args.offset, "threads": args.threads, "workers": args.workers,
+               "outline_topics": args.outline_topics, **aggregate(rows)}
     summary["targets"] = targets(summary)
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")

@@ -91,10 +91,18 @@ STAGE2: dict[str, tuple[str, list[str]]] = {
                     "--max-new-tokens", "384", "--max-thread-tokens", "256", "--judge", "none", "--threads", "1",
                     "--lr", "5e-5", "--alpha", "0.5"]),
 }
+# Decoding rows: name -> (what changes, the trained run whose adapter is decoded, extra bench arguments).
+DECODING: dict[str, tuple[str, str, list[str]]] = {
+    "r15-outline-fed": ("r15 decoded with DecodeLimits.outline_topics (each topic fed from the outline line)",
+                        "r15-v5-outline", ["--outline-topics"]),
+}
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 
 
 def run(name: str, threads: int = 1, workers: int = 1) -> None:
+    if name in DECODING:
+        _evaluate(name, ["--adapter", str(ROOT / "runs" / "abl" / DECODING[name][1]), *DECODING[name][2]], workers)
+        return
     if name in STAGE2:
         out = ROOT / "runs" / "abl" / name
         subprocess.run([PY, "-m", "pasta.cli", "train", "pref", "--out", str(out), *STAGE2[name][1]], check=True, cwd=ROOT)
@@ -165,6 +173,7 @@ def table() -> str:
              "| duplicate chunks | guards fired | theoretical speedup (complete / complete promise-using) | repetition |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [(name, what) for name, (what, _, _) in RUNS.items()] + [(name, what) for name, (what, _) in STAGE2.items()]
+    rows += [(name, what) for name, (what, _, _) in DECODING.items()]
     for name, what in rows:
         path = RESULTS / f"{name}.summary.json"
         if not path.is_file():
@@ -182,7 +191,7 @@ def table() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", choices=sorted([*RUNS, *STAGE2]), action="append", default=[])
+    parser.add_argument("--run", choices=sorted([*RUNS, *STAGE2, *DECODING]), action="append", default=[])
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for training (results do not depend on it; time does)")

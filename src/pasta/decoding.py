@@ -39,6 +39,9 @@ from .lang import (
     StrayClose,
     Sync,
     Text,
+    counted_topic,
+    escape_attr,
+    last_outline,
     render,
     topic_count,
     topic_key,
@@ -78,6 +81,12 @@ class DecodeLimits:
     # must follow ('ise topic="', '="') is fed in the same forward pass instead of being sampled a token per step.
     # It is what the model writes anyway; it saves ~4 forward passes per promise on the main thread's path.
     jump_forward: bool = True
+    # Outline topics (models trained on structural annotator version 5): when the main thread has written an outline
+    # line since its last sync ("Overview: Diet; Sleep; Walk.") and opens its j-th promise after it, the topic
+    # 'j/M item_j' and ' tokens="' are fed with the jump-forward of '<promise topic="' (M = the outline's items), so
+    # the model writes only the token count. Such a model copies the outline anyway (r15: 49 of 53 topics were the
+    # j-th item); where it would not have, the answer is the outline's, not the model's. Needs jump_forward.
+    outline_topics: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "max_thread_tokens", "max_threads", "max_promises", "max_promises_per_sync"):
@@ -164,6 +173,7 @@ class Decoding:
         self.guards: list[str] = []  # runtime guards that fired, in order
         self.sync_ids = encode_piece(tokenizer, SYNC)
         self._jump_rules = _jump_rules(tokenizer) if self.limits.jump_forward and not self._teacher else []
+        self.outline_topics_fed = 0  # promises whose topic was fed from an outline line (DecodeLimits.outline_topics)
         self._topics: set[str] = set()
         self._promises = 0
         self._since_sync = 0
@@ -338,10 +348,38 @@ class Decoding:
         for rule in self._jump_rules:
             k = rule.begun(held, thread.tokens)
             if k:
-                for forced in rule.ids[k:]:
+                forced_ids = rule.ids[k:]
+                if self.limits.outline_topics and rule.opens_promise:
+                    forced_ids = forced_ids + self._outline_topic_ids(thread, rule.ids)
+                for forced in forced_ids:
                     self._consume(thread, forced, count=False)
                     thread.pending.append(forced)
                 return
+
+    def _outline_topic_ids(self, thread: _Thread, open_ids: list[int]) -> list[int]:
+        """Tokens of 'j/M item_j" tokens="' for the promise the main thread is opening, when an outline line since
+        its last sync names a j-th item; [] otherwise (or when the tokenizer would split the tag differently)."""
+        last_sync = max((i for i, e in enumerate(thread.events) if isinstance(e, Sync)), default=-1)
+        text = []
+        for event in thread.events[last_sync + 1 :]:
+            if isinstance(event, Text):
+                text.append(event.text)
+            elif isinstance(event, (Promise, _Refused)) and event.raw.startswith("<promise"):
+                text.append("\0")  # a promise written after the outline: one item used
+        joined = "".join(text)
+        found = last_outline(joined)
+        if found is None:
+            return []
+        items, end = found
+        j = joined.count("\0", end) + 1
+        if j > len(items):
+            return []
+        rest = f'{counted_topic(escape_attr(items[j - 1]), j, len(items))}" tokens="'
+        ids = encode_piece(self.tokenizer, rest)
+        if encode_piece(self.tokenizer, '<promise topic="' + rest) != open_ids + ids:
+            return []
+        self.outline_topics_fed += 1
+        return ids
 
     def _consume(self, thread: _Thread, token: int, *, count: bool) -> None:
         """Detokenize one token and act on the tags it completes."""
@@ -567,6 +605,7 @@ class _JumpRule:
     texts: list[str]
     commits: int
     before: re.Pattern
+    opens_promise: bool = False  # the '<promise topic="' rule (an outline topic may follow it)
 
     def begun(self, held: str, tokens: list[int]) -> int:
         """k when the thread has written exactly the piece's first k tokens (and they commit to it), else 0."""
@@ -592,7 +631,7 @@ def _jump_rules(tokenizer) -> list[_JumpRule]:
         if texts[-1] != piece:
             continue
         commits = next(k for k, text in enumerate(texts) if text.startswith(min_text))
-        rules.append(_JumpRule(ids, texts, max(1, commits), re.compile(before)))
+        rules.append(_JumpRule(ids, texts, max(1, commits), re.compile(before), opens_promise=not before))
     return rules
 
 

@@ -27,6 +27,9 @@ __all__ = [
     "SYNC",
     "counted_topic",
     "topic_count",
+    "OUTLINE_PREFIX",
+    "outline_line",
+    "last_outline",
     "TAG_NAMES",
     "KNOWN_ATTRS",
     "MAX_TAG_LEN",
@@ -209,6 +212,28 @@ def topic_key(topic: str | None) -> str:
     if m:
         text = text[m.end():]
     return " ".join(w.casefold() for w in _TOPIC_WORD_RE.findall(text))
+
+
+# An outline line (structural annotator version 5): one plain main-thread line naming the items of the list that
+# follows, "Overview: Diet; Exercise; Sleep.", whose promises then copy them ("1/3 Diet", ...).
+OUTLINE_PREFIX = "Overview: "
+_OUTLINE_RE = re.compile(r"^" + re.escape(OUTLINE_PREFIX) + r"(.+?)\.?[ \t]*\n", re.MULTILINE)
+
+
+def outline_line(items: list[str]) -> str:
+    """``outline_line(["Diet", "Sleep"]) == "Overview: Diet; Sleep.\\n\\n"``."""
+    return OUTLINE_PREFIX + "; ".join(items) + ".\n\n"
+
+
+def last_outline(text: str) -> tuple[list[str], int] | None:
+    """(items, end offset) of the last complete outline line in `text` (ended by a newline), or None."""
+    found = None
+    for m in _OUTLINE_RE.finditer(text):
+        found = m
+    if found is None:
+        return None
+    items = [item.strip() for item in found.group(1).split(";")]
+    return [item for item in items if item], found.end()
 
 
 def promise_tag(topic: str, tokens: int | None = None) -> str:

@@ -27,6 +27,7 @@ class RunStats:
     warnings: list[str] = field(default_factory=list)
     finish_reason: str = "eos"  # eos | length (the request's token cap) | guard (a runtime guard ended it)
     guards: list[str] = field(default_factory=list)  # runtime guards that fired (see DecodeLimits)
+    outline_topics_fed: int = 0  # promise topics fed from an outline line (DecodeLimits.outline_topics)
     # The remote backend only: requests, prompt tokens re-sent, peak concurrency (`backends.openai.RemoteStats`).
     # Its steps are the critical path (it cannot see the server's forward passes) and cache_tokens is 0.
     remote: Any = None
@@ -65,4 +66,5 @@ def build_stats(decoding: Decoding, wall_s: float, cache_tokens: int) -> RunStat
         warnings=list(decoding.warnings),
         finish_reason=decoding.finish_reason,
         guards=list(decoding.guards),
+        outline_topics_fed=getattr(decoding, "outline_topics_fed", 0),
     )

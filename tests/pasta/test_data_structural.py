@@ -210,7 +210,7 @@ def test_v4_counts_topics_per_group_and_keeps_the_text():
 
 
 def test_v5_outline_names_each_group_before_its_first_chunk_and_adds_nothing_else():
-    from pasta.data.annotate_structural import OUTLINE_PREFIX, outline_line
+    from pasta.lang import OUTLINE_PREFIX, last_outline, outline_line
 
     text = (f"Tips:\n\n1. **Sleep**: {LONG}.\n2. **Food**: {LONG}.\n3. **Walk**: {LONG}.\n\nOverall, good.")
     out = annotate_structural(text, config=StructuralConfig.v5())
@@ -224,6 +224,7 @@ def test_v5_outline_names_each_group_before_its_first_chunk_and_adds_nothing_els
     outline = next(line for line in plain.splitlines() if line.startswith(OUTLINE_PREFIX))
     assert all(c.topic.split(" ", 1)[1] in outline for c in s.chunks)
     assert out.index(outline) < out.index("<promise")
+    assert last_outline(plain) == (["Sleep", "Food", "Walk"], plain.index("Walk.\n") + len("Walk.\n"))
     # Grouped chunks: the outline names chunks (a grouped topic keeps its "; "), sections get one too.
     items = [f"{i}. **Animal{i}**: {LONG}." for i in range(1, 7)]
     grouped = annotate_structural("Animals:\n" + "\n".join(items),

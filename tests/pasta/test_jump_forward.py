@@ -67,3 +67,54 @@ def test_engine_with_jump_forward_matches_the_oracle(mode):
         assert threads == ref_threads
         torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
 
+
+
+OUTLINED = ('Tips:\nOverview: Sleep; Food.\n\n1. <promise topic="1/2 Sleep" tokens="5"/>\n'
+            '2. <promise topic="2/2 Food" tokens="5"/>\n<sync/>Done.')
+
+
+def test_outline_topics_are_fed_from_the_outline_line_and_the_answer_is_unchanged():
+    on = drive_script(OUTLINED, CHUNKS, DecodeLimits(outline_topics=True), tokenizer=TOK)
+    off = drive_script(OUTLINED, CHUNKS, tokenizer=TOK)
+    assert on.stitch() == off.stitch() and on.outline_topics_fed == 2 and off.outline_topics_fed == 0
+    assert [t.trace.topic for t in on.threads[1:]] == ["1/2 Sleep", "2/2 Food"]
+    # Byte tokens: the topic and '" tok' are fed too (jump-forward alone already feeds 'ens="').
+    assert off.sampled - on.sampled == (len("1/2 Sleep") + 5) + (len("2/2 Food") + 5)
+    assert on.guards == [] and on.finish_reason == "eos"
+
+
+@pytest.mark.parametrize("main, fed", [
+    # More promises than outline items: the third topic is the model's own.
+    ('Overview: A; B.\n<promise topic="1/2 A" tokens="5"/><promise topic="2/2 B" tokens="5"/>'
+     '<promise topic="C" tokens="5"/><sync/>x', 2),
+    # An outline before a sync does not name the items of the next list.
+    ('Overview: A; B.\n<promise topic="1/2 A" tokens="5"/><sync/>y <promise topic="Z" tokens="5"/><sync/>x', 1),
+    # An outline line that is not finished (no newline yet) is no outline; nor is one in the middle of a line.
+    ('Overview: A; B. <promise topic="Z" tokens="5"/><sync/>x', 0),
+    ('See Overview: A; B.\n<promise topic="Z" tokens="5"/><sync/>x', 0),
+])
+def test_outline_topics_only_where_an_outline_names_the_next_item(main, fed):
+    decoding = drive_script(main, ["a</async>"] * 3, DecodeLimits(outline_topics=True), tokenizer=TOK)
+    assert decoding.outline_topics_fed == fed
+    assert decoding.stitch() == drive_script(main, ["a</async>"] * 3, tokenizer=TOK).stitch()
+
+
+def test_engine_with_outline_topics_matches_the_oracle():
+    from pasta.decoding import Decoding
+    from pasta.reference import reference_generate
+
+    interp = Interpreter(tiny_model("llama", seed=3), TOK)
+    prompt = interp.prompt_ids("Give tips.")
+
+    def program():
+        decoding = Decoding(prompt, TOK, eos_ids={TOK.eos_token_id}, limits=DecodeLimits(outline_topics=True))
+        return ScriptedProgram(decoding, OUTLINED, CHUNKS, TOK)
+
+    engine_run = program()
+    result = interp.run(engine_run, record_logits=True)
+    assert engine_run.outline_topics_fed == 2 and result.text.endswith("2. Eat well.\nDone.")
+    oracle = reference_generate(interp.runner, program())
+    assert len(result.logits) == len(oracle)
+    for (threads, logits), (ref_threads, ref_logits) in zip(result.logits, oracle):
+        assert threads == ref_threads
+        torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)

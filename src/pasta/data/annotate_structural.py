@@ -40,8 +40,7 @@ from pasta.data.finalize import (
 )
 from pasta.data.sources import Example
 
-__all__ = ["OUTLINE_PREFIX", "StructuralConfig", "annotate_structural", "annotate_structural_examples", "outline_line",
-           "topic_from_text"]
+__all__ = ["StructuralConfig", "annotate_structural", "annotate_structural_examples", "topic_from_text"]
 
 # Words that make an item depend on the one before it (sequential procedures, back-references).
 _DEPENDENT_OPENERS = frozenset(
@@ -275,14 +274,6 @@ def annotate_structural(
     return result
 
 
-OUTLINE_PREFIX = "Overview: "
-
-
-def outline_line(topics: list[str]) -> str:
-    """The plain line an outlined group starts with: ``"Overview: Diet; Exercise; Sleep.\n\n"``."""
-    return OUTLINE_PREFIX + "; ".join(topics) + ".\n\n"
-
-
 def _with_insertions(text: str, inserted: list[tuple[int, str]]) -> str:
     out, last = [], 0
     for at, piece in inserted:
@@ -351,7 +342,7 @@ def _insert_tags(text: str, count: TokenCounter, config: StructuralConfig,
         total += len(chunks)
         if config.outline:
             line_start = text.rfind("\n", 0, chunks[0][0][0]) + 1
-            line = outline_line([topic for _, topic in chunks])
+            line = lang.outline_line([topic for _, topic in chunks])
             out.append(text[last:line_start] + line)
             last = line_start
             if inserted is not None:
