@@ -350,13 +350,13 @@ class Decoding:
             if k:
                 forced_ids = rule.ids[k:]
                 if self.limits.outline_topics and rule.opens_promise:
-                    forced_ids = forced_ids + self._outline_topic_ids(thread, rule.ids)
+                    forced_ids = forced_ids + self._outline_topic_ids(thread, rule)
                 for forced in forced_ids:
                     self._consume(thread, forced, count=False)
                     thread.pending.append(forced)
                 return
 
-    def _outline_topic_ids(self, thread: _Thread, open_ids: list[int]) -> list[int]:
+    def _outline_topic_ids(self, thread: _Thread, opening: _JumpRule) -> list[int]:
         """Tokens of 'j/M item_j" tokens="' for the promise the main thread is opening, when an outline line since
         its last sync names a j-th item; [] otherwise (or when the tokenizer would split the tag differently)."""
         last_sync = max((i for i, e in enumerate(thread.events) if isinstance(e, Sync)), default=-1)
@@ -376,7 +376,7 @@ class Decoding:
             return []
         rest = f'{counted_topic(escape_attr(items[j - 1]), j, len(items))}" tokens="'
         ids = encode_piece(self.tokenizer, rest)
-        if encode_piece(self.tokenizer, '<promise topic="' + rest) != open_ids + ids:
+        if encode_piece(self.tokenizer, opening.texts[-1] + rest) != opening.ids + ids:
             return []
         self.outline_topics_fed += 1
         return ids

@@ -66,5 +66,5 @@ def build_stats(decoding: Decoding, wall_s: float, cache_tokens: int) -> RunStat
         warnings=list(decoding.warnings),
         finish_reason=decoding.finish_reason,
         guards=list(decoding.guards),
-        outline_topics_fed=getattr(decoding, "outline_topics_fed", 0),
+        outline_topics_fed=decoding.outline_topics_fed,
     )

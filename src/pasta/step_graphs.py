@@ -86,18 +86,7 @@ class StaticStepRunner(ModelRunner):
             return super().forward(token_ids, positions, visibility, key_positions=key_positions, cache=cache,
                                    logit_rows=logit_rows)
         step = self._fill(bucket, cache, token_ids, positions, visibility, key_positions)
-        if self.graphs:
-            key = (id(cache), cache.capacity, cache.layers[0].keys.data_ptr())
-            if step.graph is None or step.cache_key != key:
-                try:
-                    self._capture(step, cache, key)
-                except Exception as exc:  # e.g. a host synchronization inside the model: graphs are not possible
-                    self.capture_error = f"{type(exc).__name__}: {exc}"
-                    log.warning("CUDA graph capture failed (%s); decoding eagerly from now on", self.capture_error)
-                    torch.cuda.synchronize()
-                    logits = self._call(step, cache)
-                    self.counts["static"] += 1
-                    return self._rows(logits, q, logit_rows)
+        if self.graphs and self._graph_ready(step, cache):
             step.graph.replay()
             logits = step.logits
         else:
@@ -145,6 +134,21 @@ class StaticStepRunner(ModelRunner):
     def _call(self, step: _StaticStep, cache) -> torch.Tensor:
         return call_model(self.model, step.input_ids, step.position_ids, step.mask, key_positions=step.key_positions,
                           cache=cache, cache_argument=self._cache_argument).logits
+
+    def _graph_ready(self, step: _StaticStep, cache) -> bool:
+        """The step's graph, captured for this cache buffer (now, if needed); False when capture failed (recorded:
+        every later step runs eagerly)."""
+        key = (id(cache), cache.capacity, cache.layers[0].keys.data_ptr())
+        if step.graph is not None and step.cache_key == key:
+            return True
+        try:
+            self._capture(step, cache, key)
+            return True
+        except Exception as exc:  # e.g. a host synchronization inside the model: graphs are not possible
+            self.capture_error = f"{type(exc).__name__}: {exc}"
+            log.warning("CUDA graph capture failed (%s); decoding eagerly from now on", self.capture_error)
+            torch.cuda.synchronize()
+            return False
 
     def _capture(self, step: _StaticStep, cache, key: tuple) -> None:
         if self._pool is None:
