@@ -34,6 +34,7 @@ from .lang import (
     SYNC,
     AsyncClose,
     AsyncOpen,
+    OUTLINE_PREFIX,
     Promise,
     Recognizer,
     StrayClose,
@@ -86,6 +87,11 @@ class DecodeLimits:
     # 'j/M item_j' and ' tokens="' are fed with the jump-forward of '<promise topic="' (M = the outline's items), so
     # the model writes only the token count. Such a model copies the outline anyway (r15: 49 of 53 topics were the
     # j-th item); where it would not have, the answer is the outline's, not the model's. Needs jump_forward.
+    # Items the outline repeats are fed once (M counts distinct items). With it comes the outline guard: when the
+    # model ends an outline item with ';' and that item repeats an earlier one, or the line already names
+    # `max_promises_per_sync` items, the ';' is replaced by '.' and a blank line (the outline ends there) and a
+    # repeated item is dropped from the answer (it stays in the KV cache) - an outline that loops otherwise runs to
+    # the token cap (r15: 2 of 40 dev answers, 64 and 119 items). Counted in `guards` as outline_repeat/outline_long.
     outline_topics: bool = False
 
     def __post_init__(self) -> None:
@@ -180,6 +186,8 @@ class Decoding:
         self._finished_counts: set[int] = set()  # totals N of counted lists that reached "N/N" since the last sync
         self._refused_in_a_row = 0
         self._main_idle_sync = False  # the main thread's last tag was a <sync/>, with no text since
+        self._outline_guard = self.limits.outline_topics and not self._teacher
+        self._semicolon_text: dict[int, str | None] = {}  # token -> its text when it holds a ';' (outline guard)
 
     @property
     def forced(self) -> bool:
@@ -306,6 +314,8 @@ class Decoding:
                 token = thread.forced[len(thread.tokens)] if len(thread.tokens) < len(thread.forced) else None
                 if token is None:
                     token = next(iter(self.eos_ids))
+            elif self._outline_guard and index == 0 and thread.state == "running":
+                token = self._outline_cut(thread, token)
             taken.append(token)
             if thread.state == "done":  # stopped by the request budget earlier in this step
                 continue
@@ -371,6 +381,10 @@ class Decoding:
         if found is None:
             return []
         items, end = found
+        distinct: dict[str, str] = {}
+        for item in items:
+            distinct.setdefault(topic_key(item), item)  # a repeated item is fed once
+        items = list(distinct.values())
         j = joined.count("\0", end) + 1
         if j > len(items):
             return []
@@ -380,6 +394,53 @@ class Decoding:
             return []
         self.outline_topics_fed += 1
         return ids
+
+    def _outline_cut(self, thread: _Thread, token: int) -> int:
+        """The outline guard (DecodeLimits.outline_topics): `token` as sampled, or the first token of '.' + blank line
+        (the rest injected) when it ends an outline item that repeats an earlier one or is one item too many."""
+        piece = self._semicolon_text.get(token, "")
+        if piece == "":
+            text = self.tokenizer.decode([token])
+            piece = self._semicolon_text[token] = text if ";" in text else None
+        if piece is None or thread.recognizer.pending:
+            return token
+        line = self._current_line(thread)
+        if not line.startswith(OUTLINE_PREFIX):
+            return token
+        *earlier, item = (line[len(OUTLINE_PREFIX):] + piece[: piece.index(";")]).split(";")
+        seen = {topic_key(i) for i in earlier} - {""}
+        if topic_key(item) in seen:
+            self._drop_text_tail(thread, len(line) - line.rindex(";"))
+            self.guards.append(f"outline_repeat: outline item {item.strip()!r} repeats; outline ended")
+            ids = encode_piece(self.tokenizer, ".\n\n")
+        elif len(earlier) + 1 >= self.limits.max_promises_per_sync:
+            self.guards.append(f"outline_long: outline reached {len(earlier) + 1} items; outline ended")
+            ids = encode_piece(self.tokenizer, piece[: piece.index(";")] + ".\n\n")
+        else:
+            return token
+        thread.inject = ids[1:]
+        return ids[0]
+
+    @staticmethod
+    def _current_line(thread: _Thread) -> str:
+        """The main thread's plain text since its last newline (or tag)."""
+        tail = ""
+        for event in reversed(thread.events):
+            if not isinstance(event, Text):
+                break
+            tail = event.text + tail
+            if "\n" in event.text:
+                break
+        return tail[tail.rfind("\n") + 1 :]
+
+    @staticmethod
+    def _drop_text_tail(thread: _Thread, n: int) -> None:
+        """Drop the last `n` characters of the thread's text from the answer (they stay in the KV cache)."""
+        while n > 0 and thread.events and isinstance(thread.events[-1], Text):
+            text = thread.events.pop().text
+            if len(text) > n:
+                thread.events.append(Text(text[: len(text) - n]))
+            n -= len(text)
 
     def _consume(self, thread: _Thread, token: int, *, count: bool) -> None:
         """Detokenize one token and act on the tags it completes."""

@@ -99,7 +99,12 @@ def test_outline_topics_only_where_an_outline_names_the_next_item(main, fed):
     assert decoding.stitch() == drive_script(main, ["a</async>"] * 3, tokenizer=TOK).stitch()
 
 
-def test_engine_with_outline_topics_matches_the_oracle():
+@pytest.mark.parametrize("main, guards", [
+    (OUTLINED, 0),
+    # The outline guard fires (a repeated item): its injected tokens are laid out alike on both paths.
+    (OUTLINED.replace("Food.\n\n", "Food; Sleep;"), 1),
+])
+def test_engine_with_outline_topics_matches_the_oracle(main, guards):
     from pasta.decoding import Decoding
     from pasta.reference import reference_generate
 
@@ -108,13 +113,46 @@ def test_engine_with_outline_topics_matches_the_oracle():
 
     def program():
         decoding = Decoding(prompt, TOK, eos_ids={TOK.eos_token_id}, limits=DecodeLimits(outline_topics=True))
-        return ScriptedProgram(decoding, OUTLINED, CHUNKS, TOK)
+        return ScriptedProgram(decoding, main, CHUNKS, TOK)
 
     engine_run = program()
     result = interp.run(engine_run, record_logits=True)
     assert engine_run.outline_topics_fed == 2 and result.text.endswith("2. Eat well.\nDone.")
+    assert len(engine_run.guards) == guards and "Overview: Sleep; Food.\n\n1." in result.text
     oracle = reference_generate(interp.runner, program())
     assert len(result.logits) == len(oracle)
     for (threads, logits), (ref_threads, ref_logits) in zip(result.logits, oracle):
         assert threads == ref_threads
         torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_a_repeated_outline_item_is_fed_once():
+    main = ('Overview: A; B; A.\n<promise topic="1/2 A" tokens="5"/><promise topic="2/2 B" tokens="5"/>'
+            '<sync/>x')
+    decoding = drive_script(main, ["a</async>"] * 2, DecodeLimits(outline_topics=True), tokenizer=TOK)
+    assert decoding.outline_topics_fed == 2 and decoding.guards == []
+    assert [t.trace.topic for t in decoding.threads[1:]] == ["1/2 A", "2/2 B"]
+
+
+@pytest.mark.parametrize("main, guard, text", [
+    # The third item repeats the first: the ';' after it becomes '.\n\n' and the repeat leaves the answer.
+    ('Overview: Sleep; Food; sleep;1. <promise topic="1/2 Sleep" tokens="5"/>'
+     '2. <promise topic="2/2 Food" tokens="5"/><sync/>x',
+     "outline_repeat", "Overview: Sleep; Food.\n\n1. a2. ax"),
+    # A ninth item (max_promises_per_sync=8 items named): the line ends after the eighth.
+    ('Overview: a1; a2; a3; a4; a5; a6; a7; a8; a9; a10.\n<promise topic="1/8 a1" tokens="5"/><sync/>x',
+     "outline_long", "Overview: a1; a2; a3; a4; a5; a6; a7; a8.\n\n a9; a10.\nax"),
+])
+def test_the_outline_guard_ends_a_looping_outline(main, guard, text):
+    decoding = drive_script(main, ["a</async>"] * 2, DecodeLimits(outline_topics=True), tokenizer=TOK)
+    assert [g.split(":")[0] for g in decoding.guards] == [guard]
+    assert decoding.stitch()[1] == text
+    # Without outline topics the same script is left as written.
+    off = drive_script(main, ["a</async>"] * 2, tokenizer=TOK)
+    assert off.guards == [] and "Overview: " + main.split("Overview: ")[1].split("<")[0] in off.stitch()[1]
+
+
+def test_no_outline_guard_under_teacher_forcing_or_outside_an_outline_line():
+    main = 'Note: a; b; a; a; a.\nOverview: x; y.\n<promise topic="1/2 x" tokens="5"/><sync/>z'
+    decoding = drive_script(main, ["a</async>"], DecodeLimits(outline_topics=True), tokenizer=TOK)
+    assert decoding.guards == [] and decoding.stitch()[1].startswith("Note: a; b; a; a; a.\n")
