@@ -56,6 +56,7 @@ def measure(index: int, prompt: str, pasta: Interpreter, original: Interpreter |
         "index": index, "id": f"alpaca_eval:{index}", "instruction": prompt, "output": result.text,
         "annotated": result.annotated, "pasta": stats.to_dict(), "wall_async_s": wall_async,
         "warnings": result.stats.warnings, "outline_topics_fed": result.stats.outline_topics_fed,
+        "outline_topics": limits.resolved(pasta.decoding_defaults).outline_topics,
         "chunks": [{"topic": t.topic, "tokens": t.sampled, "close": t.close_reason} for t in result.stats.timeline[1:]],
     }
     if sequential:
@@ -112,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="per-prompt JSONL (appended; a rerun skips done prompts)")
     parser.add_argument("--summary", default=None, help="also write the summary JSON here")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
-    parser.add_argument("--outline-topics", action="store_true",
-                        help="DecodeLimits.outline_topics: topics fed from the outline line (models trained on v5)")
+    parser.add_argument("--outline-topics", action=argparse.BooleanOptionalAction, default=None,
+                        help="DecodeLimits.outline_topics: topics fed from the outline line (models trained on v5; "
+                             "default: as the model records in pasta_decoding.json)")
     parser.add_argument("--workers", type=int, default=1,
                         help="decode in this many processes (contiguous shards; needs --out), then merge")
     args = parser.parse_args(argv)
@@ -155,12 +157,18 @@ def main(argv: list[str] | None = None) -> int:
 def _report(args, model_name: str, rows: list[dict]) -> int:
     summary = {"model": model_name, "dtype": args.dtype, "max_new_tokens": args.max_new_tokens,
                "offset": args.offset, "threads": args.threads, "workers": args.workers,
-               "outline_topics": args.outline_topics, **aggregate(rows)}
+               "outline_topics": _outline_topics(rows), **aggregate(rows)}
     summary["targets"] = targets(summary)
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))
     return 0
+
+
+def _outline_topics(rows: list[dict]) -> bool | str | None:
+    """Whether topics were fed from outlines (as asked, or as the model records): one value, or 'mixed'."""
+    values = {row.get("outline_topics") for row in rows}
+    return values.pop() if len(values) == 1 else "mixed"
 
 
 def _done_rows(path: str | Path) -> dict[int, dict]:

@@ -33,14 +33,15 @@ def add_limit_options(p: argparse.ArgumentParser, *, max_new_tokens: bool = True
         p.add_argument("--max-new-tokens", type=int, default=512, help="sampled tokens of the answer, all threads")
     p.add_argument("--max-thread-tokens", type=int, default=256, help="sampled tokens of one async chunk")
     p.add_argument("--max-threads", type=int, default=8, help="async chunks decoding at the same time")
-    p.add_argument("--outline-topics", action="store_true",
-                   help="feed each promise's topic from the outline line before it (models trained on annotator v5)")
+    p.add_argument("--outline-topics", action=argparse.BooleanOptionalAction, default=None,
+                   help="feed each promise's topic from the outline line before it (models trained on annotator v5; "
+                        "default: as the model records in pasta_decoding.json)")
 
 
 def limits_from_args(args) -> DecodeLimits:
     return DecodeLimits(max_new_tokens=getattr(args, "max_new_tokens", DecodeLimits.max_new_tokens),
                         max_thread_tokens=args.max_thread_tokens, max_threads=args.max_threads,
-                        outline_topics=getattr(args, "outline_topics", False))
+                        outline_topics=getattr(args, "outline_topics", None))
 
 
 def add_sampling_options(p: argparse.ArgumentParser, *, seed: int | None = None) -> None:

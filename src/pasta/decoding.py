@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from .detok import IncrementalDetokenizer
@@ -92,7 +92,14 @@ class DecodeLimits:
     # `max_promises_per_sync` items, the ';' is replaced by '.' and a blank line (the outline ends there) and a
     # repeated item is dropped from the answer (it stays in the KV cache) - an outline that loops otherwise runs to
     # the token cap (r15: 2 of 40 dev answers, 64 and 119 items). Counted in `guards` as outline_repeat/outline_long.
-    outline_topics: bool = False
+    # None: as the model was trained (`pasta_decoding.json` beside its adapter, see `resolved`); off when unknown.
+    outline_topics: bool | None = None
+
+    def resolved(self, model_defaults: dict) -> DecodeLimits:
+        """These limits with the fields left None taken from a model's recorded decoding conventions."""
+        if self.outline_topics is not None:
+            return self
+        return replace(self, outline_topics=bool(model_defaults.get("outline_topics", False)))
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "max_thread_tokens", "max_threads", "max_promises", "max_promises_per_sync"):
@@ -186,7 +193,7 @@ class Decoding:
         self._finished_counts: set[int] = set()  # totals N of counted lists that reached "N/N" since the last sync
         self._refused_in_a_row = 0
         self._main_idle_sync = False  # the main thread's last tag was a <sync/>, with no text since
-        self._outline_guard = self.limits.outline_topics and not self._teacher
+        self._outline_guard = bool(self.limits.outline_topics) and not self._teacher
         self._semicolon_text: dict[int, str | None] = {}  # token -> its text when it holds a ';' (outline guard)
 
     @property

@@ -49,8 +49,10 @@ class Interpreter:
         name: str = "model",
         compile: bool = False,
         cuda_graphs: bool = False,
+        decoding_defaults: dict | None = None,
     ) -> None:
-        """`compile`: run forward passes through `torch.compile` (see `pasta.runner.ModelRunner`). `cuda_graphs`:
+        """`decoding_defaults`: the model's decoding conventions (`decoding_defaults_for`), taken by the `DecodeLimits`
+        fields a request leaves None. `compile`: run forward passes through `torch.compile` (see `pasta.runner.ModelRunner`). `cuda_graphs`:
         decode steps on fixed buffers in query buckets, replayed from CUDA graphs on a GPU (on a CPU the same static
         steps run uncaptured; see `pasta.step_graphs`)."""
         if compile and cuda_graphs:
@@ -67,6 +69,7 @@ class Interpreter:
         self._engine_lock = threading.RLock()  # one engine per interpreter: calls from several threads take turns
         self.layout_config = layout_config or LayoutConfig()
         self.limits = limits or DecodeLimits()
+        self.decoding_defaults = dict(decoding_defaults or {})
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.name = name
 
@@ -76,7 +79,10 @@ class Interpreter:
 
         loaded = load_model(name_or_path, dtype=dtype, adapter=adapter)
         layout_config = kwargs.pop("layout_config", None) or layout_config_for(loaded)
-        return cls(loaded.model, loaded.tokenizer, name=loaded.name, layout_config=layout_config, **kwargs)
+        defaults = kwargs.pop("decoding_defaults", None)
+        defaults = decoding_defaults_for(loaded) if defaults is None else defaults
+        return cls(loaded.model, loaded.tokenizer, name=loaded.name, layout_config=layout_config,
+                   decoding_defaults=defaults, **kwargs)
 
     # -- prompts --------------------------------------------------------------------------------------------------
     def prompt_ids(self, prompt: str | list[dict], *, chat: bool = True) -> list[int]:
@@ -101,7 +107,7 @@ class Interpreter:
             forced_main, forced_chunks = program.main, program.chunks
         return Decoding(
             prompt_ids, self.tokenizer, eos_ids=self.eos_ids, layout_config=self.layout_config,
-            limits=limits or self.limits, mode=mode, forced_main=forced_main, forced_chunks=forced_chunks,
+            limits=(limits or self.limits).resolved(self.decoding_defaults), mode=mode, forced_main=forced_main, forced_chunks=forced_chunks,
         )
 
     def generate(
@@ -167,3 +173,33 @@ def layout_config_for(loaded) -> LayoutConfig:
         if path is not None and path.is_file():
             return LayoutConfig(**json.loads(path.read_text()))
     return LayoutConfig()
+
+
+DECODING_CONVENTIONS = {"outline_topics": bool}  # what pasta_decoding.json may record
+
+
+def decoding_defaults_for(loaded) -> dict:
+    """The decoding conventions a trained Pasta model records (pasta_decoding.json beside its adapter or weights,
+    written by `pasta train sft`): e.g. {"outline_topics": true} for a model trained on outlined answers (annotator
+    v5). `DecodeLimits` fields a request leaves None take these values."""
+    import json
+    from pathlib import Path
+
+    for folder in (loaded.adapter, loaded.path):
+        path = Path(folder) / "pasta_decoding.json" if folder else None
+        if path is None or not path.is_file():
+            continue
+        try:
+            found = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not JSON ({exc})") from None
+        if not isinstance(found, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(found).__name__}")
+        for key, value in found.items():
+            kind = DECODING_CONVENTIONS.get(key)
+            if kind is None:
+                raise ValueError(f"{path}: unknown decoding convention {key!r} (known: {sorted(DECODING_CONVENTIONS)})")
+            if not isinstance(value, kind):
+                raise ValueError(f"{path}: {key} must be {kind.__name__}, got {value!r}")
+        return found
+    return {}

@@ -20,7 +20,9 @@ class DecodeSettings:
 
     @property
     def limits(self) -> DecodeLimits:
-        return DecodeLimits(self.max_new_tokens, self.max_thread_tokens, self.max_threads)
+        # outline_topics: None (as the model records) unless the config has the field and sets it
+        return DecodeLimits(self.max_new_tokens, self.max_thread_tokens, self.max_threads,
+                            outline_topics=getattr(self, "outline_topics", None))
 
     @property
     def sampling(self) -> SamplingParams:

@@ -42,6 +42,21 @@ def test_limits_sampling_and_adapter_from_args():
     assert parser.parse_args(["eval"]).seed == 0 and parser.parse_args(["generate", "x"]).seed is None
 
 
+def test_outline_topics_reach_every_commands_limits(tmp_path):
+    """--outline-topics / --no-outline-topics reach the limits of generate, serve and eval; unset is None (the
+    model's own convention, resolved by the interpreter)."""
+    from pasta.eval.cli import config_from_args as eval_config_from_args
+    from pasta.serve.cli import serve_config_from_args
+
+    parser = build_parser()
+    for flag, value in ((None, None), ("--outline-topics", True), ("--no-outline-topics", False)):
+        extra = [flag] if flag else []
+        assert limits_from_args(parser.parse_args(["generate", "hi", *extra])).outline_topics is value
+        assert serve_config_from_args(parser.parse_args(["serve", *extra])).limits(8).outline_topics is value
+        args = parser.parse_args(["eval", "--out", str(tmp_path), *extra])
+        assert eval_config_from_args(args).limits.outline_topics is value
+
+
 def test_every_config_validates_and_derives_through_decode_limits_and_sampling_params(tmp_path):
     from pasta.eval.runner import EvalConfig
     from pasta.serve.config import ServeConfig

@@ -58,7 +58,9 @@ def test_sft_learns_and_saves_a_usable_adapter(setup):
     assert len(log) == 6 and log[-1] < log[0]
     assert (out / "loss.png").is_file()
     assert json.loads((out / "pasta_layout.json").read_text())["reserve_factor"] == 2.0
+    assert json.loads((out / "pasta_decoding.json").read_text()) == {"outline_topics": False}  # nothing outlined
     interp = Interpreter.from_pretrained(str(model_dir), dtype="float32", adapter=str(out))
+    assert interp.decoding_defaults == {"outline_topics": False}
     result = interp.generate("Give two tips number 3.", teacher=ROWS[0]["annotated"])
     assert result.annotated == ROWS[0]["annotated"]
 
@@ -101,3 +103,24 @@ def test_plain_examples_can_come_from_their_own_files(setup, tmp_path):
     assert not any("quick brown fox" in t for t in texts)  # plain rows of --data are not used
     with pytest.raises(FileNotFoundError, match="nowhere"):
         _config(root, model_dir, data, "x", plain_data=["nowhere.jsonl"])
+
+
+def test_a_model_trained_on_outlined_answers_records_outline_topics(setup, tmp_path):
+    from transformers import AutoTokenizer
+
+    from pasta.train.sft import build_examples, decoding_conventions
+
+    root, model_dir, _ = setup
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    outlined = [dict(row, annotated=row["annotated"].replace("Tips:\n", "Tips:\nOverview: a; b.\n\n"))
+                for row in ROWS]
+    data = tmp_path / "outlined.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in outlined[:3] + ROWS[3:]))
+    config = _config(root, model_dir, data, "outlined")
+    _, stats = build_examples(config, tok, read_rows(config.data))
+    assert stats["examples_with_outline"] == 3 and stats["examples_with_chunks"] == 6
+    assert decoding_conventions(stats) == {"outline_topics": True}  # half the forked examples are outlined
+    _, stats = build_examples(config, tok, read_rows(config.data)[2:])
+    assert decoding_conventions(stats) == {"outline_topics": False}  # 1 of 4
+    # An outline line with no promise after it (a plain answer) is not an outlined fork.
+    assert decoding_conventions({"examples_with_chunks": 0, "examples_with_outline": 2}) == {"outline_topics": False}

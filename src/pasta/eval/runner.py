@@ -66,6 +66,7 @@ class EvalConfig(DecodeSettings):
     sot_max_points: int = 10
     bootstrap: int = 2000
     plots: bool = True
+    outline_topics: bool | None = None  # DecodeLimits.outline_topics (None: as the model records)
 
     def __post_init__(self) -> None:
         self.systems = tuple(dict.fromkeys(self.systems))

@@ -36,16 +36,9 @@ def run_serve(args) -> int:
 
     from ..interpreter import Interpreter
     from .app import create_app
-    from .config import ServeConfig
 
     governor = apply_threads(args)
-    config = ServeConfig(
-        host=args.host, port=args.port, max_batch=args.max_batch, max_queue=args.max_queue,
-        max_tokens_limit=args.max_tokens_limit, default_max_tokens=min(args.default_max_tokens, args.max_tokens_limit),
-        max_thread_tokens=args.max_thread_tokens, max_threads=args.max_threads, sequential=args.sequential,
-        served_model_name=args.served_model_name, prefill_chunk=args.prefill_chunk or None,
-        batch_invariant=args.batch_invariant,
-    )
+    config = serve_config_from_args(args)
     interpreter = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter_from_args(args),
                                               compile=args.compile, cuda_graphs=args.cuda_graphs)
     app = create_app(interpreter, config, threads=governor)
@@ -53,6 +46,18 @@ def run_serve(args) -> int:
           f"(max batch {config.max_batch}, {'sequential' if config.sequential else 'async'})", flush=True)
     uvicorn.Server(uvicorn_config(app, config, log_level=args.log_level)).run()
     return 0
+
+
+def serve_config_from_args(args):
+    from .config import ServeConfig
+
+    return ServeConfig(
+        host=args.host, port=args.port, max_batch=args.max_batch, max_queue=args.max_queue,
+        max_tokens_limit=args.max_tokens_limit, default_max_tokens=min(args.default_max_tokens, args.max_tokens_limit),
+        max_thread_tokens=args.max_thread_tokens, max_threads=args.max_threads, sequential=args.sequential,
+        served_model_name=args.served_model_name, prefill_chunk=args.prefill_chunk or None,
+        batch_invariant=args.batch_invariant, outline_topics=args.outline_topics,
+    )
 
 
 def uvicorn_config(app, config, *, log_level: str = "warning"):

@@ -18,6 +18,7 @@ class ServeConfig:
     max_prompt_tokens: int = 8192
     max_thread_tokens: int = 256  # per async chunk
     max_threads: int = 8  # async chunks of one request decoding at once
+    outline_topics: bool | None = None  # DecodeLimits.outline_topics (None: as the model records)
     sequential: bool = False  # default decoding mode; a request may override it
     served_model_name: str | None = None  # what /v1/models lists (default: the model's own name)
     prefill_chunk: int | None = 128  # prompt tokens per step while prefilling (None: a whole prompt in one step)
@@ -45,4 +46,4 @@ class ServeConfig:
     def limits(self, max_tokens: int) -> DecodeLimits:
         """One request's budgets: its own `max_tokens`, this server's per-chunk and parallelism limits."""
         return DecodeLimits(max_new_tokens=max_tokens, max_thread_tokens=min(max_tokens, self.max_thread_tokens),
-                            max_threads=self.max_threads)
+                            max_threads=self.max_threads, outline_topics=self.outline_topics)

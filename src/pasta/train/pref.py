@@ -107,7 +107,8 @@ class PrefTrainer:
     with a model and tokenizer (tests)."""
 
     def __init__(self, config: PrefConfig, model, tokenizer, *, judge=None, layout_config=None,
-                 device: str | torch.device | None = None, stage1_adapter: str | Path | None = None) -> None:
+                 device: str | torch.device | None = None, stage1_adapter: str | Path | None = None,
+                 decoding_defaults: dict | None = None) -> None:
         from ..layout import LayoutConfig
 
         self.config = config
@@ -116,6 +117,7 @@ class PrefTrainer:
         self.tokenizer = tokenizer
         self.judge = judge
         self.layout_config = layout_config or LayoutConfig()
+        self.decoding_defaults = dict(decoding_defaults or {})  # the stage-1 model's conventions, kept by each round
         self.out = Path(config.output_dir)
         self.rank, self.world = rank_and_world()
         self.device = torch.device(device) if device else next(model.parameters()).device
@@ -151,7 +153,7 @@ class PrefTrainer:
         from ..interpreter import Interpreter
 
         return Interpreter(self._decoder_model(), self.tokenizer, layout_config=self.layout_config, limits=self.config.limits,
-                           name="policy")
+                           name="policy", decoding_defaults=self.decoding_defaults)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         from .sft import chat_prompt_ids
@@ -323,6 +325,8 @@ class PrefTrainer:
         if hasattr(self.tokenizer, "save_pretrained"):
             self.tokenizer.save_pretrained(target)
         (target / "pasta_layout.json").write_text(json.dumps(asdict(self.layout_config)))
+        if self.decoding_defaults:
+            (target / "pasta_decoding.json").write_text(json.dumps(self.decoding_defaults))
 
     def load_round(self, folder: Path) -> None:
         """Continue from a finished round's weights (resume)."""
@@ -402,7 +406,7 @@ def build_judge(config: PrefConfig, fallback_model=None, fallback_tokenizer=None
 def train_pref(config: PrefConfig) -> dict:
     """Load the initial model (base + stage-1 adapter, merged), the judge and the prompts; run the rounds."""
     from ..data.sources import load_examples
-    from ..interpreter import layout_config_for
+    from ..interpreter import decoding_defaults_for, layout_config_for
     from ..models import DEFAULT_MODEL, default_adapter_path, load_model, resolve_model_path
 
     if config.torch_threads:
@@ -424,5 +428,5 @@ def train_pref(config: PrefConfig) -> dict:
         raise ValueError(f"no training prompts in {config.prompts!r}")
     judge = build_judge(config)
     trainer = PrefTrainer(config, loaded.model, loaded.tokenizer, judge=judge, layout_config=layout, device=device,
-                          stage1_adapter=stage1)
+                          stage1_adapter=stage1, decoding_defaults=decoding_defaults_for(loaded))
     return trainer.run(examples)

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 
 from ..chat import prompt_ids
 from ..jsonl import jsonl_lines
-from ..lang import is_valid, to_structure
+from ..lang import OUTLINE_PREFIX, is_valid, to_structure
 from ..layout import LayoutConfig
 from .collator import LaidOut, causal_lm_loss, collate, layout_example
 
@@ -117,7 +118,7 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
     plain = [r for r in (rows if plain_rows is None else plain_rows) if not to_structure(r["annotated"]).chunks]
     rng.shuffle(with_chunks)
     rng.shuffle(plain)
-    stats = {"rows": len(rows), "with_chunks": len(with_chunks), "too_long": 0}
+    stats = {"rows": len(rows), "with_chunks": len(with_chunks), "too_long": 0, "examples_with_outline": 0}
 
     def lay(pool: list[dict], want: int) -> list[LaidOut]:
         out = []
@@ -134,6 +135,7 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
                 stats["too_long"] += 1
                 continue
             out.append(laid)
+            stats["examples_with_outline"] += bool(_OUTLINED.search(row["annotated"]))
         return out
 
     total = config.max_examples or len(rows)
@@ -148,6 +150,17 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
     stats["examples_with_chunks"] = sum(1 for e in examples if _has_fork(e))
     stats["tokens"] = sum(len(e) for e in examples)
     return examples, stats
+
+
+# An outline line followed (later in the answer) by a promise: the answer was outlined (annotator v5).
+_OUTLINED = re.compile(r"^" + re.escape(OUTLINE_PREFIX) + r".*\n[\s\S]*<promise", re.MULTILINE)
+
+
+def decoding_conventions(data_stats: dict) -> dict:
+    """What a model trained on these examples needs at decode time (pasta_decoding.json): outline topics when most
+    forked examples were outlined."""
+    forked = data_stats.get("examples_with_chunks", 0)
+    return {"outline_topics": forked > 0 and data_stats.get("examples_with_outline", 0) * 2 >= forked}
 
 
 def _has_fork(laid: LaidOut) -> bool:
@@ -230,6 +243,7 @@ def train_sft(config: SFTConfig, callbacks: list | None = None) -> Path:
     if not config.lora:
         tokenizer.save_pretrained(out)
     (out / "pasta_layout.json").write_text(json.dumps(asdict(config.layout)))
+    (out / "pasta_decoding.json").write_text(json.dumps(decoding_conventions(data_stats)))
     (out / "sft_config.json").write_text(json.dumps(asdict(config), indent=2))
     write_loss_log(trainer.state.log_history, out)
     return out
