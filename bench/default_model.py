@@ -180,14 +180,16 @@ def _done_rows(path: str | Path) -> dict[int, dict]:
     return done
 
 
-def _without(argv: list[str], *options: str) -> list[str]:
-    """argv minus the given options and their values (`--x v` and `--x=v`)."""
+def _without(argv: list[str], options: tuple[str, ...], flags: tuple[str, ...] = ()) -> list[str]:
+    """argv minus the given options with their values (`--x v` and `--x=v`) and the given flags (no value)."""
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
             continue
         name = arg.split("=", 1)[0]
+        if name in flags:
+            continue
         if name in options:
             skip = "=" not in arg
             continue
@@ -203,7 +205,7 @@ def _run_workers(args, argv: list[str]) -> int:
     chosen = list(range(args.offset, end))
     size = -(-len(chosen) // args.workers)
     shards = [chosen[k : k + size] for k in range(0, len(chosen), size)]
-    base = _without(argv, "--workers", "--offset", "--limit", "--out", "--summary", "--json")
+    base = _without(argv, ("--workers", "--offset", "--limit", "--out", "--summary"), flags=("--json",))
     done = _done_rows(out)
     procs = []
     for k, shard in enumerate(shards):
