@@ -95,6 +95,8 @@ STAGE2: dict[str, tuple[str, list[str]]] = {
 DECODING: dict[str, tuple[str, str, list[str]]] = {
     "r15-outline-fed": ("r15 decoded with DecodeLimits.outline_topics (each topic fed from the outline line)",
                         "r15-v5-outline", ["--outline-topics"]),
+    "r16-outline-fed": ("r16 decoded with outline topics and the outline guard (a repeated or ninth item ends the outline)",
+                        "r16-v5-outline-plain736", ["--outline-topics"]),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 
@@ -106,7 +108,7 @@ def run(name: str, threads: int = 1, workers: int = 1) -> None:
     if name in STAGE2:
         out = ROOT / "runs" / "abl" / name
         subprocess.run([PY, "-m", "pasta.cli", "train", "pref", "--out", str(out), *STAGE2[name][1]], check=True, cwd=ROOT)
-        _evaluate(name, ["--adapter", str(out / "round-1" / "adapter")], workers)
+        _evaluate(name, ["--adapter", str(out / "round-1" / "adapter"), "--no-outline-topics"], workers)
         return
     what, data, extra = RUNS[name]
     out = ROOT / "runs" / "abl" / name
@@ -115,8 +117,26 @@ def run(name: str, threads: int = 1, workers: int = 1) -> None:
         subprocess.run([PY, "-m", "pasta.cli", "train", "sft", "--data", *data, "--out", str(out), *COMMON, *lr, *extra,
                         "--threads", str(threads)],
                        check=True, cwd=ROOT)
-    adapter = [] if name.startswith("r0") else ["--no-adapter"] if name == "base" else ["--adapter", str(out)]
-    _evaluate(name, adapter, workers)
+    adapter = ["--no-adapter"] if name == "base" else ["--adapter", str(_r0_adapter() if name.startswith("r0") else out)]
+    # A training row measures the adapter alone: no decoding aid, even one its pasta_decoding.json asks for (r16's
+    # does; the DECODING rows add them).
+    _evaluate(name, [*adapter, "--no-outline-topics"], workers)
+
+
+R0_COMMIT = "e86f3e8^"  # the last commit whose embedded default adapter was r0 (r3 replaced it, now r16)
+
+
+def _r0_adapter() -> Path:
+    """The first default model's adapter, restored from git history into runs/abl/r0-first-default."""
+    out = ROOT / "runs" / "abl" / "r0-first-default"
+    if not (out / "adapter_model.safetensors").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        listed = subprocess.run(["git", "ls-tree", "--name-only", R0_COMMIT, "src/pasta/assets/default-adapter/"],
+                                capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()
+        for path in listed:
+            blob = subprocess.run(["git", "show", f"{R0_COMMIT}:{path}"], capture_output=True, check=True, cwd=ROOT)
+            (out / Path(path).name).write_bytes(blob.stdout)
+    return out
 
 
 def _evaluate(name: str, adapter: list[str], workers: int = 1) -> None:
