@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from pasta.cli_options import add_outline_topics_option
 from pasta.data.sources import alpaca_eval_prompts
 from pasta.decoding import DecodeLimits
 from pasta.eval.answer_stats import aggregate, answer_stats
@@ -113,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="per-prompt JSONL (appended; a rerun skips done prompts)")
     parser.add_argument("--summary", default=None, help="also write the summary JSON here")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
-    parser.add_argument("--outline-topics", action=argparse.BooleanOptionalAction, default=None,
-                        help="DecodeLimits.outline_topics: topics fed from the outline line (models trained on v5; "
-                             "default: as the model records in pasta_decoding.json)")
+    add_outline_topics_option(parser)
     parser.add_argument("--workers", type=int, default=1,
                         help="decode in this many processes (contiguous shards; needs --out), then merge")
     args = parser.parse_args(argv)

@@ -95,8 +95,8 @@ STAGE2: dict[str, tuple[str, list[str]]] = {
 DECODING: dict[str, tuple[str, str, list[str]]] = {
     "r15-outline-fed": ("r15 decoded with DecodeLimits.outline_topics (each topic fed from the outline line)",
                         "r15-v5-outline", ["--outline-topics"]),
-    "r16-outline-fed": ("r16 decoded with outline topics and the outline guard (a repeated or ninth item ends the outline)",
-                        "r16-v5-outline-plain736", ["--outline-topics"]),
+    "r16-outline-fed": ("r16 decoded with outline topics and the outline guard (a repeated or ninth item ends the "
+                        "outline)", "r16-v5-outline-plain736", ["--outline-topics"]),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 
@@ -117,7 +117,8 @@ def run(name: str, threads: int = 1, workers: int = 1) -> None:
         subprocess.run([PY, "-m", "pasta.cli", "train", "sft", "--data", *data, "--out", str(out), *COMMON, *lr, *extra,
                         "--threads", str(threads)],
                        check=True, cwd=ROOT)
-    adapter = ["--no-adapter"] if name == "base" else ["--adapter", str(_r0_adapter() if name.startswith("r0") else out)]
+    folder = _r0_adapter() if name.startswith("r0") else out
+    adapter = ["--no-adapter"] if name == "base" else ["--adapter", str(folder)]
     # A training row measures the adapter alone: no decoding aid, even one its pasta_decoding.json asks for (r16's
     # does; the DECODING rows add them).
     _evaluate(name, [*adapter, "--no-outline-topics"], workers)

@@ -33,6 +33,11 @@ def add_limit_options(p: argparse.ArgumentParser, *, max_new_tokens: bool = True
         p.add_argument("--max-new-tokens", type=int, default=512, help="sampled tokens of the answer, all threads")
     p.add_argument("--max-thread-tokens", type=int, default=256, help="sampled tokens of one async chunk")
     p.add_argument("--max-threads", type=int, default=8, help="async chunks decoding at the same time")
+    add_outline_topics_option(p)
+
+
+def add_outline_topics_option(p: argparse.ArgumentParser) -> None:
+    """`--outline-topics` / `--no-outline-topics`; unset (None): as the model records (DecodeLimits.outline_topics)."""
     p.add_argument("--outline-topics", action=argparse.BooleanOptionalAction, default=None,
                    help="feed each promise's topic from the outline line before it (models trained on annotator v5; "
                         "default: as the model records in pasta_decoding.json)")

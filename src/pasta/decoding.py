@@ -194,7 +194,7 @@ class Decoding:
         self._refused_in_a_row = 0
         self._main_idle_sync = False  # the main thread's last tag was a <sync/>, with no text since
         self._outline_guard = bool(self.limits.outline_topics) and not self._teacher
-        self._semicolon_text: dict[int, str | None] = {}  # token -> its text when it holds a ';' (outline guard)
+        self._semicolon_text: dict[int, str | None] = {}  # token -> its text before a ';', None without (outline guard)
 
     @property
     def forced(self) -> bool:
@@ -405,16 +405,16 @@ class Decoding:
     def _outline_cut(self, thread: _Thread, token: int) -> int:
         """The outline guard (DecodeLimits.outline_topics): `token` as sampled, or the first token of '.' + blank line
         (the rest injected) when it ends an outline item that repeats an earlier one or is one item too many."""
-        piece = self._semicolon_text.get(token, "")
-        if piece == "":
+        if token not in self._semicolon_text:
             text = self.tokenizer.decode([token])
-            piece = self._semicolon_text[token] = text if ";" in text else None
-        if piece is None or thread.recognizer.pending:
+            self._semicolon_text[token] = text[: text.index(";")] if ";" in text else None
+        before = self._semicolon_text[token]  # the token's text before its ';'
+        if before is None or thread.recognizer.pending:
             return token
         line = self._current_line(thread)
         if not line.startswith(OUTLINE_PREFIX):
             return token
-        *earlier, item = (line[len(OUTLINE_PREFIX):] + piece[: piece.index(";")]).split(";")
+        *earlier, item = (line[len(OUTLINE_PREFIX):] + before).split(";")
         seen = {topic_key(i) for i in earlier} - {""}
         if topic_key(item) in seen:
             self._drop_text_tail(thread, len(line) - line.rindex(";"))
@@ -422,7 +422,7 @@ class Decoding:
             ids = encode_piece(self.tokenizer, ".\n\n")
         elif len(earlier) + 1 >= self.limits.max_promises_per_sync:
             self.guards.append(f"outline_long: outline reached {len(earlier) + 1} items; outline ended")
-            ids = encode_piece(self.tokenizer, piece[: piece.index(";")] + ".\n\n")
+            ids = encode_piece(self.tokenizer, before + ".\n\n")
         else:
             return token
         thread.inject = ids[1:]

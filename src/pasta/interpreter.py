@@ -52,9 +52,9 @@ class Interpreter:
         decoding_defaults: dict | None = None,
     ) -> None:
         """`decoding_defaults`: the model's decoding conventions (`decoding_defaults_for`), taken by the `DecodeLimits`
-        fields a request leaves None. `compile`: run forward passes through `torch.compile` (see `pasta.runner.ModelRunner`). `cuda_graphs`:
-        decode steps on fixed buffers in query buckets, replayed from CUDA graphs on a GPU (on a CPU the same static
-        steps run uncaptured; see `pasta.step_graphs`)."""
+        fields a request leaves None. `compile`: run forward passes through `torch.compile` (see
+        `pasta.runner.ModelRunner`). `cuda_graphs`: decode steps on fixed buffers in query buckets, replayed from CUDA
+        graphs on a GPU (on a CPU the same static steps run uncaptured; see `pasta.step_graphs`)."""
         if compile and cuda_graphs:
             raise ValueError("choose compile or cuda_graphs, not both")
         self.model = model
@@ -107,7 +107,8 @@ class Interpreter:
             forced_main, forced_chunks = program.main, program.chunks
         return Decoding(
             prompt_ids, self.tokenizer, eos_ids=self.eos_ids, layout_config=self.layout_config,
-            limits=(limits or self.limits).resolved(self.decoding_defaults), mode=mode, forced_main=forced_main, forced_chunks=forced_chunks,
+            limits=(limits or self.limits).resolved(self.decoding_defaults), mode=mode, forced_main=forced_main,
+            forced_chunks=forced_chunks,
         )
 
     def generate(
@@ -166,13 +167,19 @@ def layout_config_for(loaded) -> LayoutConfig:
     """A trained Pasta model records the layout it was trained with (pasta_layout.json beside its adapter or
     weights); decoding must use the same one."""
     import json
+
+    path = _recorded_file(loaded, "pasta_layout.json")
+    return LayoutConfig(**json.loads(path.read_text())) if path else LayoutConfig()
+
+
+def _recorded_file(loaded, name: str):
+    """A file a trained Pasta model records beside its adapter (first) or its weights, or None."""
     from pathlib import Path
 
     for folder in (loaded.adapter, loaded.path):
-        path = Path(folder) / "pasta_layout.json" if folder else None
-        if path is not None and path.is_file():
-            return LayoutConfig(**json.loads(path.read_text()))
-    return LayoutConfig()
+        if folder and (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
 
 
 DECODING_CONVENTIONS = {"outline_topics": bool}  # what pasta_decoding.json may record
@@ -183,23 +190,20 @@ def decoding_defaults_for(loaded) -> dict:
     written by `pasta train sft`): e.g. {"outline_topics": true} for a model trained on outlined answers (annotator
     v5). `DecodeLimits` fields a request leaves None take these values."""
     import json
-    from pathlib import Path
 
-    for folder in (loaded.adapter, loaded.path):
-        path = Path(folder) / "pasta_decoding.json" if folder else None
-        if path is None or not path.is_file():
-            continue
-        try:
-            found = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not JSON ({exc})") from None
-        if not isinstance(found, dict):
-            raise ValueError(f"{path}: expected a JSON object, got {type(found).__name__}")
-        for key, value in found.items():
-            kind = DECODING_CONVENTIONS.get(key)
-            if kind is None:
-                raise ValueError(f"{path}: unknown decoding convention {key!r} (known: {sorted(DECODING_CONVENTIONS)})")
-            if not isinstance(value, kind):
-                raise ValueError(f"{path}: {key} must be {kind.__name__}, got {value!r}")
-        return found
-    return {}
+    path = _recorded_file(loaded, "pasta_decoding.json")
+    if path is None:
+        return {}
+    try:
+        found = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(found, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(found).__name__}")
+    for key, value in found.items():
+        kind = DECODING_CONVENTIONS.get(key)
+        if kind is None:
+            raise ValueError(f"{path}: unknown decoding convention {key!r} (known: {sorted(DECODING_CONVENTIONS)})")
+        if not isinstance(value, kind):
+            raise ValueError(f"{path}: {key} must be {kind.__name__}, got {value!r}")
+    return found

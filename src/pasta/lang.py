@@ -30,6 +30,7 @@ __all__ = [
     "OUTLINE_PREFIX",
     "outline_line",
     "last_outline",
+    "is_outlined",
     "TAG_NAMES",
     "KNOWN_ATTRS",
     "MAX_TAG_LEN",
@@ -234,6 +235,12 @@ def last_outline(text: str) -> tuple[list[str], int] | None:
         return None
     items = [item.strip() for item in found.group(1).split(";")]
     return [item for item in items if item], found.end()
+
+
+def is_outlined(annotated: str) -> bool:
+    """An outline line followed, later in the answer, by a promise (an answer written by annotator version 5)."""
+    first = _OUTLINE_RE.search(annotated)
+    return first is not None and "<promise" in annotated[first.end():]
 
 
 def promise_tag(topic: str, tokens: int | None = None) -> str:

@@ -122,5 +122,10 @@ def test_a_model_trained_on_outlined_answers_records_outline_topics(setup, tmp_p
     assert decoding_conventions(stats) == {"outline_topics": True}  # half the forked examples are outlined
     _, stats = build_examples(config, tok, read_rows(config.data)[2:])
     assert decoding_conventions(stats) == {"outline_topics": False}  # 1 of 4
-    # An outline line with no promise after it (a plain answer) is not an outlined fork.
+    # An outline line with no promise after it (a plain answer) is not an outlined fork; nor is a promise before it.
+    from pasta.lang import is_outlined
+
+    assert is_outlined(outlined[0]["annotated"]) and not is_outlined(ROWS[0]["annotated"])
+    assert not is_outlined("Tips:\nOverview: a; b.\n\n1. Sleep.\n2. Eat.")
+    assert not is_outlined('<promise topic="a" tokens="5"/><async>x</async><sync/>\nOverview: a; b.\n\nDone.')
     assert decoding_conventions({"examples_with_chunks": 0, "examples_with_outline": 2}) == {"outline_topics": False}

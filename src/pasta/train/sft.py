@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import random
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 from ..chat import prompt_ids
 from ..jsonl import jsonl_lines
-from ..lang import OUTLINE_PREFIX, is_valid, to_structure
+from ..lang import is_outlined, is_valid, to_structure
 from ..layout import LayoutConfig
 from .collator import LaidOut, causal_lm_loss, collate, layout_example
 
@@ -135,7 +134,7 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
                 stats["too_long"] += 1
                 continue
             out.append(laid)
-            stats["examples_with_outline"] += bool(_OUTLINED.search(row["annotated"]))
+            stats["examples_with_outline"] += is_outlined(row["annotated"])
         return out
 
     total = config.max_examples or len(rows)
@@ -150,10 +149,6 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
     stats["examples_with_chunks"] = sum(1 for e in examples if _has_fork(e))
     stats["tokens"] = sum(len(e) for e in examples)
     return examples, stats
-
-
-# An outline line followed (later in the answer) by a promise: the answer was outlined (annotator v5).
-_OUTLINED = re.compile(r"^" + re.escape(OUTLINE_PREFIX) + r".*\n[\s\S]*<promise", re.MULTILINE)
 
 
 def decoding_conventions(data_stats: dict) -> dict:
