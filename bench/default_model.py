@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from pasta.cli_options import add_outline_topics_option
+from pasta.cli_options import add_outline_topics_option, add_quantize_option
 from pasta.data.sources import alpaca_eval_prompts
 from pasta.decoding import DecodeLimits
 from pasta.eval.answer_stats import aggregate, answer_stats
@@ -58,6 +58,7 @@ def measure(index: int, prompt: str, pasta: Interpreter, original: Interpreter |
         "annotated": result.annotated, "pasta": stats.to_dict(), "wall_async_s": wall_async,
         "warnings": result.stats.warnings, "outline_topics_fed": result.stats.outline_topics_fed,
         "outline_topics": limits.resolved(pasta.decoding_defaults).outline_topics,
+        "quantize": pasta.runner.quantize,
         "chunks": [{"topic": t.topic, "tokens": t.sampled, "close": t.close_reason} for t in result.stats.timeline[1:]],
     }
     if sequential:
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary", default=None, help="also write the summary JSON here")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     add_outline_topics_option(parser)
+    add_quantize_option(parser)
     parser.add_argument("--workers", type=int, default=1,
                         help="decode in this many processes (contiguous shards; needs --out), then merge")
     args = parser.parse_args(argv)
@@ -126,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         return _run_workers(args, argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
     adapter = False if args.no_adapter else (args.adapter or True)
-    pasta = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter)
-    original = None if args.no_original else Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=False)
+    pasta = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter, quantize=args.quantize)
+    original = None if args.no_original else Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=False,
+                                                                         quantize=args.quantize)
     limits = DecodeLimits(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_new_tokens,
                           outline_topics=args.outline_topics)
     prompts = alpaca_eval_prompts()
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(args, model_name: str, rows: list[dict]) -> int:
-    summary = {"model": model_name, "dtype": args.dtype, "max_new_tokens": args.max_new_tokens,
+    summary = {"model": model_name, "dtype": args.dtype, "quantize": args.quantize, "max_new_tokens": args.max_new_tokens,
                "offset": args.offset, "threads": args.threads, "workers": args.workers,
                "outline_topics": _outline_topics(rows), **aggregate(rows)}
     summary["targets"] = targets(summary)

@@ -16,7 +16,11 @@
 - busy_core: sequential decoding while another process spins on one core, / the same idle, for the `auto` thread
   policy (the CLI default), torch's default and 1 thread (target <= 1.5x with the default).
 
+- with --quantize int4: our engine with 4-bit weights (the GGUF's own Q4_1 levels, `pasta.int4`) in the llama.cpp
+  comparison too, and how many greedy tokens it shares with bf16 before the first difference.
+
     python bench/interpreter.py --json [--model PATH] [--dtype bfloat16] [--repeats 3] [--threads 1|auto|torch]
+                                [--quantize int4]
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import time
 
 import torch
 
-from pasta.cli_options import add_threads_option, apply_threads
+from pasta.cli_options import add_quantize_option, add_threads_option, apply_threads
 from pasta.decoding import DecodeLimits
 from pasta.interpreter import Interpreter
 from pasta.lang import promise_tag
@@ -99,17 +103,25 @@ def bench_seq_vs_hf(interp: Interpreter, prompt: str, new_tokens: int, repeats: 
     return out
 
 
-def _decode_ms_per_step(interp: Interpreter, ids: list[int], n: int) -> tuple[float, int]:
-    """Our sequential decode step: (wall of n tokens - wall of 1 token, i.e. the prefill) / (n - 1)."""
+def _decode_ms_per_step(interp: Interpreter, ids: list[int], n: int) -> tuple[float, list[int]]:
+    """Our sequential decode step: (wall of n tokens - wall of 1 token, i.e. the prefill) / (n - 1); and the
+    greedy token ids."""
     one = interp.generate(ids, mode="sequential", limits=DecodeLimits(max_new_tokens=1, max_thread_tokens=1))
     full = interp.generate(ids, mode="sequential", limits=DecodeLimits(max_new_tokens=n, max_thread_tokens=n))
     steps = full.stats.tokens - 1
-    return 1000 * (full.stats.wall_s - one.stats.wall_s) / max(1, steps), full.stats.tokens
+    tokens = interp.tokenizer.encode(full.annotated, add_special_tokens=False)
+    return 1000 * (full.stats.wall_s - one.stats.wall_s) / max(1, steps), tokens
 
 
-def bench_llamacpp(interp: Interpreter, prompt: str, new_tokens: int, repeats: int, model: str | None) -> dict:
+def _same_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def bench_llamacpp(engines: dict[str, Interpreter], prompt: str, new_tokens: int, repeats: int,
+                   model: str | None) -> dict:
     """Decode ms per step: llama.cpp (llama-cpp-python, the embedded GGUF as is: Q4_1 with its own kernels) next
-    to our sequential engine on the same prompt ids and thread count, runs interleaved."""
+    to each of our engines (`engines`: name -> interpreter; e.g. bf16 and int4) on the same prompt ids and thread
+    count, runs interleaved."""
     import subprocess
     from pathlib import Path
 
@@ -122,22 +134,49 @@ def bench_llamacpp(interp: Interpreter, prompt: str, new_tokens: int, repeats: i
     if not python.is_file():
         return {"skipped": f"{python} missing: bash scripts/setup.sh --llamacpp"}
     gguf = str(model or embedded_gguf_path())
-    ids = interp.prompt_ids(prompt)
+    first = next(iter(engines.values()))
+    ids = first.prompt_ids(prompt)
     script = Path(__file__).with_name("llamacpp_step.py")
     threads = torch.get_num_threads()
-    ours, theirs = [], []
-    _decode_ms_per_step(interp, ids, 8)  # warm-up
+    ours: dict[str, list[float]] = {name: [] for name in engines}
+    ours_tokens: dict[str, list[int]] = {}
+    theirs = []
+    theirs_tokens: list[int] = []
+    for interp in engines.values():
+        _decode_ms_per_step(interp, ids, 8)  # warm-up
     for _ in range(repeats):
-        ours.append(_decode_ms_per_step(interp, ids, new_tokens)[0])
+        for name, interp in engines.items():
+            ms, ours_tokens[name] = _decode_ms_per_step(interp, ids, new_tokens)
+            ours[name].append(ms)
         done = subprocess.run([str(python), str(script), gguf, "--prompt-ids", ",".join(map(str, ids)),
                                "--new-tokens", str(new_tokens), "--threads", str(threads), "--repeats", "1"],
                               capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             return {"skipped": f"llama.cpp run failed: {done.stderr[-500:]}"}
-        theirs.append(json.loads(done.stdout.strip().splitlines()[-1])["ms_per_step"])
-    ours_ms, theirs_ms = statistics.median(ours), statistics.median(theirs)
-    return {"threads": threads, "tokens": new_tokens, "ours_ms_per_step": round(ours_ms, 2),
-            "llamacpp_ms_per_step": round(theirs_ms, 2), "ours_vs_llamacpp": round(ours_ms / theirs_ms, 3)}
+        run = json.loads(done.stdout.strip().splitlines()[-1])
+        theirs.append(run["ms_per_step"])
+        theirs_tokens = run.get("token_ids", [])
+    theirs_ms = statistics.median(theirs)
+    out = {"threads": threads, "tokens": new_tokens, "llamacpp_ms_per_step": round(theirs_ms, 2)}
+    for name, times in ours.items():
+        suffix = "" if name == "bf16" else f"_{name}"
+        out[f"ours{suffix}_ms_per_step"] = round(statistics.median(times), 2)
+        out[f"ours{suffix}_vs_llamacpp"] = round(statistics.median(times) / theirs_ms, 3)
+        # greedy agreement with llama.cpp: tokens equal before the first difference (rounding differs everywhere:
+        # llama.cpp also rounds activations to 8 bits for its dot products)
+        out[f"ours{suffix}_same_greedy_prefix_as_llamacpp"] = _same_prefix(ours_tokens[name], theirs_tokens)
+    return out
+
+
+def same_greedy_prefix(a: Interpreter, b: Interpreter, prompt: str, new_tokens: int) -> dict:
+    """How far two engines' greedy answers agree (e.g. int4 against bf16): tokens equal before the first
+    difference, of `new_tokens`."""
+    ids = a.prompt_ids(prompt)
+    limits = DecodeLimits(max_new_tokens=new_tokens, max_thread_tokens=new_tokens)
+    x = a.tokenizer.encode(a.generate(ids, mode="sequential", limits=limits).text, add_special_tokens=False)
+    y = b.tokenizer.encode(b.generate(ids, mode="sequential", limits=limits).text, add_special_tokens=False)
+    same = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+    return {"tokens": min(len(x), len(y)), "same_prefix": same}
 
 
 def bench_busy_core(interp: Interpreter, prompt: str, new_tokens: int, repeats: int) -> dict:
@@ -223,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     add_threads_option(parser)
     parser.add_argument("--compile", action="store_true",
                         help="also time the torch.compile'd engine (sequential, vs the same HF generate)")
+    add_quantize_option(parser)  # here: also time our engine with these weights, next to bf16 and llama.cpp
     parser.add_argument("--skip", default="", help="comma list of sections to skip: seq, llamacpp, parallel, busy")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -239,7 +279,16 @@ def main(argv: list[str] | None = None) -> int:
         if compiled is not None:
             print(f"compiled engine / HF generate: {seq['compiled_vs_hf']:.3f} (compiling: {seq['compile_s']:.0f} s)",
                   file=sys.stderr)
-    llamacpp = None if "llamacpp" in skip else bench_llamacpp(interp, prompt, args.new_tokens, args.repeats, args.model)
+    engines = {"bf16": interp}
+    agreement = None
+    if args.quantize:
+        engines[args.quantize] = Interpreter(interp.model, interp.tokenizer, layout_config=interp.layout_config,
+                                             quantize=args.quantize)
+        agreement = same_greedy_prefix(interp, engines[args.quantize], prompt, args.new_tokens)
+        print(f"{args.quantize} vs bf16 greedy: {agreement['same_prefix']} of {agreement['tokens']} tokens equal "
+              "before the first difference", file=sys.stderr)
+    llamacpp = None if "llamacpp" in skip else bench_llamacpp(engines, prompt, args.new_tokens, args.repeats,
+                                                               args.model)
     if llamacpp:
         print(f"llama.cpp: {llamacpp}", file=sys.stderr)
     ks = [int(k) for k in args.ks.split(",")]
@@ -250,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": interp.name, "dtype": args.dtype, "torch_threads": threads,
         "seq_vs_hf": round(seq["seq_vs_hf"], 3) if seq else None,
         "compiled_vs_hf": round(seq["compiled_vs_hf"], 3) if seq and "compiled_vs_hf" in seq else None,
-        "seq_detail": seq, "vs_llamacpp": llamacpp, "parallel": parallel,
+        "seq_detail": seq, "vs_llamacpp": llamacpp, "quantized_agreement": agreement, "parallel": parallel,
         "busy_core": busy,
     }
     if args.json:

@@ -4,7 +4,7 @@
 
 Feeds the same prompt token ids, then greedy-decodes `new-tokens` tokens one step at a time with the library's own
 sampler, and prints one JSON line (the fastest of `repeats` runs after a warm-up): prefill seconds (to the first
-token), decode seconds (the other tokens), tokens, ms per decode step. Runs with no
+token), decode seconds (the other tokens), tokens, ms per decode step, and the greedy token ids. Runs with no
 `pasta` import (the llama.cpp venv has only llama-cpp-python).
 """
 
@@ -36,15 +36,17 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         first = None
         n = 0
-        for _token in llm.generate(ids, temp=0.0, reset=True):
+        tokens = []
+        for token in llm.generate(ids, temp=0.0, reset=True):
             n += 1
+            tokens.append(int(token))
             if first is None:
                 first = time.perf_counter()  # prefill + the first token
             if n >= a.new_tokens:
                 break
         end = time.perf_counter()
         run = {"prefill_s": first - t0, "decode_s": end - first, "tokens": n,
-               "ms_per_step": 1000 * (end - first) / max(1, n - 1)}
+               "ms_per_step": 1000 * (end - first) / max(1, n - 1), "token_ids": tokens}
         if repeat and (best is None or run["ms_per_step"] < best["ms_per_step"]):
             best = run
     print(json.dumps(best))

@@ -66,7 +66,7 @@ def _run_generate(args) -> int:
     teacher = _read_teacher(args.teacher) if args.teacher else None  # before the model loads: fail fast
     apply_threads(args)
     interp = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter_from_args(args), limits=limits,
-                                         compile=args.compile, cuda_graphs=args.cuda_graphs)
+                                         compile=args.compile, cuda_graphs=args.cuda_graphs, quantize=args.quantize)
     result = interp.generate(
         args.prompt, sampling=sampling, mode="sequential" if args.sequential else "async", teacher=teacher,
         chat=not args.raw,

@@ -50,13 +50,16 @@ class Interpreter:
         compile: bool = False,
         cuda_graphs: bool = False,
         decoding_defaults: dict | None = None,
+        quantize: str | None = None,
     ) -> None:
         """`decoding_defaults`: the model's decoding conventions (`decoding_defaults_for`), taken by the `DecodeLimits`
         fields a request leaves None. `compile`: run forward passes through `torch.compile` (see
         `pasta.runner.ModelRunner`). `cuda_graphs`: decode steps on fixed buffers in query buckets, replayed from CUDA
-        graphs on a GPU (on a CPU the same static steps run uncaptured; see `pasta.step_graphs`)."""
-        if compile and cuda_graphs:
-            raise ValueError("choose compile or cuda_graphs, not both")
+        graphs on a GPU (on a CPU the same static steps run uncaptured; see `pasta.step_graphs`). `quantize="int4"`:
+        4-bit weights on the CPU with any LoRA adapter kept beside them (`pasta.int4`; load the model with
+        `merge_adapter=False`, as `from_pretrained` does)."""
+        if sum(map(bool, (compile, cuda_graphs, quantize))) > 1:
+            raise ValueError("choose one of compile, cuda_graphs and quantize")
         self.model = model
         self.tokenizer = tokenizer
         if cuda_graphs:
@@ -64,7 +67,7 @@ class Interpreter:
 
             self.runner: ModelRunner = StaticStepRunner(model)
         else:
-            self.runner = ModelRunner(model, compile=compile)
+            self.runner = ModelRunner(model, compile=compile, quantize=quantize)
         self._engine: Engine | None = None  # built on first use; keeps its KV buffer between requests
         self._engine_lock = threading.RLock()  # one engine per interpreter: calls from several threads take turns
         self.layout_config = layout_config or LayoutConfig()
@@ -77,7 +80,8 @@ class Interpreter:
     def from_pretrained(cls, name_or_path: str | None = None, *, dtype="auto", adapter=True, **kwargs) -> Interpreter:
         from .models import load_model
 
-        loaded = load_model(name_or_path, dtype=dtype, adapter=adapter)
+        loaded = load_model(name_or_path, dtype=dtype, adapter=adapter,
+                            merge_adapter=kwargs.get("quantize") is None)
         layout_config = kwargs.pop("layout_config", None) or layout_config_for(loaded)
         defaults = kwargs.pop("decoding_defaults", None)
         defaults = decoding_defaults_for(loaded) if defaults is None else defaults

@@ -147,9 +147,11 @@ def load_model(
     dtype: str | torch.dtype | None = "auto",
     adapter: str | Path | None | bool = True,
     device: str | None = None,
+    merge_adapter: bool = True,
 ) -> LoadedModel:
     """Load a causal LM for decoding. `adapter=True` applies the repository's default Pasta adapter to the embedded
-    model when it exists; a path applies that PEFT adapter (merged, so decoding pays no LoRA overhead)."""
+    model when it exists; a path applies that PEFT adapter (merged, so decoding pays no LoRA overhead;
+    `merge_adapter=False` keeps its LoRA layers beside the base weights, as 4-bit decoding needs)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name, folder = resolve_model_path(name_or_path)
@@ -167,7 +169,8 @@ def load_model(
     if adapter_path is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
+        peft_model = PeftModel.from_pretrained(model, str(adapter_path))
+        model = peft_model.merge_and_unload() if merge_adapter else peft_model.get_base_model()
         name = f"{name}+{adapter_path.name}"
     if device:
         model.to(device)

@@ -19,10 +19,19 @@ def full_forward(runner: ModelRunner, token_ids: list[int], positions: list[int]
     return runner.forward(token_ids, positions, mask)
 
 
+def oracle_runner(runner: ModelRunner) -> ModelRunner:
+    """The oracle calls the Hugging Face module itself, never our own forward pass (`pasta.llama_forward`): an
+    engine running that is then checked against the model's reference implementation, not against itself."""
+    if not runner.own_forward or runner.quantize is not None:  # quantized weights: the module has no such model
+        return runner
+    return ModelRunner(runner.model, own_forward=False)
+
+
 def reference_generate(
     runner: ModelRunner, decoding: Decoding, sampling: SamplingParams | None = None
 ) -> list[tuple[list[int], torch.Tensor]]:
     """Run `decoding` to the end with full recomputation. Returns per step (thread indices, logits)."""
+    runner = oracle_runner(runner)
     sampling = sampling or SamplingParams()
     streams = sampling.streams()
     token_ids: list[int] = []

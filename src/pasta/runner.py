@@ -13,6 +13,7 @@ import inspect
 
 import torch
 
+from .llama_forward import LlamaForward
 
 def _sliding_window(config) -> tuple[int, bool] | None:
     """(window, per_layer) or None. Two conventions exist in Hugging Face models: configs with `layer_types` (Gemma
@@ -93,18 +94,32 @@ def call_model(
 class ModelRunner:
     """Inference over a causal LM: float32 logits of the wanted rows, no gradients.
 
-    `compile=True` runs the forward pass through `torch.compile(dynamic=True)`: symbolic shapes, so one compiled
+    `own_forward` (default): a Llama-family model runs through `pasta.llama_forward.LlamaForward`, which mirrors the
+    Hugging Face forward pass op for op with fused projections; `own_forward=False` calls the module itself (the
+    test oracle for the former). `compile=True` runs the forward pass through `torch.compile(dynamic=True)`: symbolic shapes, so one compiled
     graph serves every step (any number of tokens, any cache length) without shape buckets. The first steps pay
     the compilation (minutes for a 135M model on a small CPU); exact against the oracle in fp32
     (tests/pasta/test_compile.py); in bf16 fused kernels round differently, so a greedy answer can differ."""
 
-    def __init__(self, model: torch.nn.Module, *, compile: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, *, compile: bool = False, own_forward: bool = True,
+                 quantize: str | None = None) -> None:
         self.model = model
         self.config = model.config
         self.device = next(model.parameters()).device
         self._cache_argument = cache_kwarg(model)
         self.compiled = compile
-        self._target = torch.compile(model, dynamic=True) if compile else model
+        # Llama-family models run through our own forward pass (same arithmetic, less per-step overhead; see
+        # pasta.llama_forward); others, and compiled runs, through the Hugging Face module.
+        self.quantize = quantize
+        if quantize is not None:  # asked for explicitly: say why it cannot be done rather than decode unquantized
+            if compile or not own_forward:
+                raise ValueError("quantize needs our own forward pass (not compile, not own_forward=False)")
+            LlamaForward(model, quantize)  # raises with the reason
+        self.own_forward = own_forward and not compile and LlamaForward.supports(model, quantize)
+        if compile:
+            self._target = torch.compile(model, dynamic=True)
+        else:
+            self._target = LlamaForward(model, quantize) if self.own_forward else model
 
     @torch.inference_mode()
     def forward(

@@ -75,3 +75,27 @@ def test_every_config_validates_and_derives_through_decode_limits_and_sampling_p
     for make in (lambda: EvalConfig(out=str(tmp_path), top_p=0.0), lambda: PrefConfig(output_dir="x", top_p=1.5)):
         with pytest.raises(ValueError, match="top_p must be in"):
             make()
+
+
+@pytest.mark.parametrize("command", ["generate", "serve"])
+def test_quantize_reaches_the_interpreter(command, monkeypatch):
+    """--quantize int4 is passed to Interpreter.from_pretrained by generate and serve; unset is None."""
+    from pasta.cli import main
+    from pasta.interpreter import Interpreter
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_from_pretrained(*args, **kwargs):
+        seen.append(kwargs.get("quantize"))
+        raise Stop
+
+    monkeypatch.setattr(Interpreter, "from_pretrained", staticmethod(fake_from_pretrained))
+    for extra, expected in (([], None), (["--quantize", "int4"], "int4")):
+        with pytest.raises(Stop):
+            main(COMMANDS[command] + ["--threads", "1"] + extra)
+        assert seen[-1] == expected
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(COMMANDS[command] + ["--quantize", "int3"])

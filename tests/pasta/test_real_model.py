@@ -54,3 +54,14 @@ def test_cli_generate_json_uses_the_default_model():
         assert key in data["stats"]
     assert default_adapter_path() is not None  # the trained Pasta adapter ships with the package
     assert data["model"].endswith("+default-adapter")  # and is what a new user meets
+
+
+def test_the_embedded_gguf_weights_come_back_exactly_in_4_bits(base):
+    """The embedded model is a Q4_1 GGUF: requantizing its (dequantized) projections in groups of 32 recovers the
+    file's levels exactly, so `--quantize int4` decodes the same weights llama.cpp does."""
+    from pasta.quantized import dequantize_groups, quantize_groups
+
+    layer = base.model.model.layers[7]
+    for module in (layer.self_attn.q_proj, layer.self_attn.v_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+        w = module.weight.detach().float()
+        torch.testing.assert_close(dequantize_groups(*quantize_groups(w)), w, atol=1e-6, rtol=0)

@@ -95,5 +95,5 @@ def test_graphs_need_cuda_and_exclude_compile():
     model = tiny_model("llama")
     with pytest.raises(ValueError, match="CUDA device"):
         StaticStepRunner(model, graphs=True)
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="choose one of"):
         Interpreter(model, TOK, compile=True, cuda_graphs=True)

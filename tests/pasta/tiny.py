@@ -37,6 +37,10 @@ def tiny_model(family: str = "llama", seed: int = 0, vocab: int = 259, dtype=tor
         config = LlamaConfig(**common)
     elif family == "qwen2":
         config = Qwen2Config(**common)
+    elif family == "qwen3":  # per-head q/k norms
+        from transformers import Qwen3Config
+
+        config = Qwen3Config(**common, head_dim=16)
     elif family == "gemma":
         config = GemmaConfig(**common, head_dim=16)
     elif family == "gemma3":

@@ -40,7 +40,8 @@ def run_serve(args) -> int:
     governor = apply_threads(args)
     config = serve_config_from_args(args)
     interpreter = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter_from_args(args),
-                                              compile=args.compile, cuda_graphs=args.cuda_graphs)
+                                              compile=args.compile, cuda_graphs=args.cuda_graphs,
+                                              quantize=args.quantize)
     app = create_app(interpreter, config, threads=governor)
     print(f"pasta serve: {config.served_model_name or interpreter.name} on http://{config.host}:{config.port}/v1 "
           f"(max batch {config.max_batch}, {'sequential' if config.sequential else 'async'})", flush=True)
