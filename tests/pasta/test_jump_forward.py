@@ -84,9 +84,6 @@ def test_outline_topics_are_fed_from_the_outline_line_and_the_answer_is_unchange
 
 
 @pytest.mark.parametrize("main, fed", [
-    # More promises than outline items: the third topic is the model's own.
-    ('Overview: A; B.\n<promise topic="1/2 A" tokens="5"/><promise topic="2/2 B" tokens="5"/>'
-     '<promise topic="C" tokens="5"/><sync/>x', 2),
     # An outline before a sync does not name the items of the next list.
     ('Overview: A; B.\n<promise topic="1/2 A" tokens="5"/><sync/>y <promise topic="Z" tokens="5"/><sync/>x', 1),
     # An outline line that is not finished (no newline yet) is no outline; nor is one in the middle of a line.
@@ -103,6 +100,8 @@ def test_outline_topics_only_where_an_outline_names_the_next_item(main, fed):
     (OUTLINED, 0),
     # The outline guard fires (a repeated item): its injected tokens are laid out alike on both paths.
     (OUTLINED.replace("Food.\n\n", "Food; Sleep;"), 1),
+    # A third promise past the two items: closed with its count alone and refused (outline_done), then <sync/>.
+    (OUTLINED.replace("\n<sync/>Done.", '\n3. <promise topic="3/2" tokens="1"/>Done.'), 1),
 ])
 def test_engine_with_outline_topics_matches_the_oracle(main, guards):
     from pasta.decoding import Decoding
@@ -124,6 +123,21 @@ def test_engine_with_outline_topics_matches_the_oracle(main, guards):
     for (threads, logits), (ref_threads, ref_logits) in zip(result.logits, oracle):
         assert threads == ref_threads
         torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_a_promise_past_the_outline_is_closed_and_refused_at_once():
+    """Every item has its promise: a third one is closed with its count alone and refused (outline_done), the
+    main thread syncs and goes on; without outline topics the model's own third topic was sampled in full."""
+    main = ('Overview: A; B.\n1. <promise topic="1/2 A" tokens="5"/>\n2. <promise topic="2/2 B" tokens="5"/>\n'
+            '3. <promise topic="3/2" tokens="1"/>Done.')
+    decoding = drive_script(main, ["a</async>"] * 3, DecodeLimits(outline_topics=True), tokenizer=TOK)
+    assert [g.split(":")[0] for g in decoding.guards] == ["outline_done"]
+    assert decoding.outline_topics_fed == 2 and len(decoding.threads) == 3  # two chunks, no third
+    assert decoding.stitch()[1] == "Overview: A; B.\n1. a\n2. a\nDone."
+    assert decoding.finish_reason == "eos"
+    # Without outline topics the model writes its own third topic, sampled token by token (here: accepted).
+    off = drive_script(main.replace('topic="3/2"', 'topic="C"'), ["a</async>"] * 3, tokenizer=TOK)
+    assert off.guards == [] and len(off.threads) == 4
 
 
 def test_a_repeated_outline_item_is_fed_once():
