@@ -13,6 +13,11 @@ same `Cache` API (`cache.update(key, value, layer)`), so the engine's `SlotCache
 
 Models outside the family, sliding windows, eager attention and anything else this module does not mirror fall
 back to the Hugging Face forward pass (`LlamaForward.supports`).
+
+`quantize="int4"` runs the projections with 4-bit weights and the output head with 8-bit ones (`pasta.quantized`),
+a LoRA adapter left unmerged beside them. Those weights, and the fused q/k/v biases, are copies taken when the
+forward pass is built (a moved or cast model rebuilds it; an in-place training step on them is not seen): build
+a new runner after training, as each preference round does.
 """
 
 from __future__ import annotations
