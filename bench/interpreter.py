@@ -175,8 +175,7 @@ def same_greedy_prefix(a: Interpreter, b: Interpreter, prompt: str, new_tokens: 
     limits = DecodeLimits(max_new_tokens=new_tokens, max_thread_tokens=new_tokens)
     x = a.tokenizer.encode(a.generate(ids, mode="sequential", limits=limits).text, add_special_tokens=False)
     y = b.tokenizer.encode(b.generate(ids, mode="sequential", limits=limits).text, add_special_tokens=False)
-    same = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
-    return {"tokens": min(len(x), len(y)), "same_prefix": same}
+    return {"tokens": min(len(x), len(y)), "same_prefix": _same_prefix(x, y)}
 
 
 def bench_busy_core(interp: Interpreter, prompt: str, new_tokens: int, repeats: int) -> dict:
