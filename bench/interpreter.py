@@ -16,7 +16,7 @@
 - busy_core: sequential decoding while another process spins on one core, / the same idle, for the `auto` thread
   policy (the CLI default), torch's default and 1 thread (target <= 1.5x with the default).
 
-- with --quantize int4: our engine with 4-bit weights (the GGUF's own Q4_1 levels, `pasta.int4`) in the llama.cpp
+- with --quantize int4: our engine with 4-bit weights (the GGUF's own Q4_1 levels, `pasta.quantized`) in the llama.cpp
   comparison too, and how many greedy tokens it shares with bf16 before the first difference.
 
     python bench/interpreter.py --json [--model PATH] [--dtype bfloat16] [--repeats 3] [--threads 1|auto|torch]

@@ -398,22 +398,24 @@ class Decoding:
             distinct.setdefault(topic_key(item), item)  # a repeated item is fed once
         items = list(distinct.values())
         j = joined.count("\0", end) + 1
-        if j > len(items):
+        past = j > len(items)
+        if past and not self._outline_guard:
+            return []
+        if past:
             # Every item has its promise: a further one would repeat an item or invent one past the plan (on the
             # report set, 23 of 24 repeated topics were such promises, after an outline guard cut the list). The
             # tag is closed here with its count alone and refused at once (guard outline_done, a forced <sync/>),
             # instead of sampling a topic and a token count only to refuse them.
             rest = f'{j}/{len(items)}" tokens="1"/>'
-            ids = encode_piece(self.tokenizer, rest)
-            if not self._outline_guard or encode_piece(self.tokenizer, opening.texts[-1] + rest) != opening.ids + ids:
-                return []
-            self._past_outline = True
-            return ids
-        rest = f'{counted_topic(escape_attr(items[j - 1]), j, len(items))}" tokens="'
+        else:
+            rest = f'{counted_topic(escape_attr(items[j - 1]), j, len(items))}" tokens="'
         ids = encode_piece(self.tokenizer, rest)
         if encode_piece(self.tokenizer, opening.texts[-1] + rest) != opening.ids + ids:
             return []
-        self.outline_topics_fed += 1
+        if past:
+            self._past_outline = True
+        else:
+            self.outline_topics_fed += 1
         return ids
 
     def _outline_cut(self, thread: _Thread, token: int) -> int:

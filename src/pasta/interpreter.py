@@ -56,7 +56,7 @@ class Interpreter:
         fields a request leaves None. `compile`: run forward passes through `torch.compile` (see
         `pasta.runner.ModelRunner`). `cuda_graphs`: decode steps on fixed buffers in query buckets, replayed from CUDA
         graphs on a GPU (on a CPU the same static steps run uncaptured; see `pasta.step_graphs`). `quantize="int4"`:
-        4-bit weights on the CPU with any LoRA adapter kept beside them (`pasta.int4`; load the model with
+        4-bit weights on the CPU with any LoRA adapter kept beside them (`pasta.quantized`; load the model with
         `merge_adapter=False`, as `from_pretrained` does)."""
         if sum(map(bool, (compile, cuda_graphs, quantize))) > 1:
             raise ValueError("choose one of compile, cuda_graphs and quantize")

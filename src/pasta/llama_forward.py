@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .quantized import Int4Linear, Int8Linear, LowRank, int4_available
+
 FAMILY = ("llama", "mistral", "qwen2", "qwen3")
 
 
@@ -109,8 +111,6 @@ def _unsupported_reason(model: torch.nn.Module, quantize: str | None = None) -> 
         if any(b is None for b in biases) and any(b is not None for b in biases):
             return "bias on some of q/k/v only"
     if quantize == "int4":
-        from .quantized import int4_available
-
         if not int4_available():
             return "this PyTorch has no int4 CPU kernel"
         if next(model.parameters()).device.type != "cpu":
@@ -156,11 +156,7 @@ class LlamaForward:
         self.embed = inner.embed_tokens
         self.rotary = inner.rotary_emb
         self.final_norm = inner.norm
-        self.lm_head = model.lm_head
-        if quantize == "int4":
-            from .quantized import Int8Linear
-
-            self.lm_head = Int8Linear(model.lm_head.weight)
+        self.lm_head = Int8Linear(model.lm_head.weight) if quantize == "int4" else model.lm_head
         self.eps = float(self.config.rms_norm_eps)
         first = inner.layers[0].self_attn
         self.head_dim = first.head_dim
@@ -188,8 +184,6 @@ class LlamaForward:
         bias = None if bases[0].bias is None else torch.cat([b.bias.data for b in bases])
         if self.quantize is None:
             return _Dense(_fuse(bases) if len(bases) > 1 else bases[0].weight, bias)
-        from .quantized import Int4Linear, LowRank
-
         loras = [lora for _, lora in parts]
         low_rank = LowRank(loras, [b.out_features for b in bases]) if any(loras) else None
         return Int4Linear(torch.cat([b.weight.data for b in bases]), bias, low_rank)

@@ -15,6 +15,7 @@ import torch
 
 from .llama_forward import LlamaForward
 
+
 def _sliding_window(config) -> tuple[int, bool] | None:
     """(window, per_layer) or None. Two conventions exist in Hugging Face models: configs with `layer_types` (Gemma
     2/3, Qwen2/3, Cohere 2, GPT-OSS, ...) take a dict of masks keyed by layer type; configs without it (Mistral,
@@ -96,7 +97,8 @@ class ModelRunner:
 
     `own_forward` (default): a Llama-family model runs through `pasta.llama_forward.LlamaForward`, which mirrors the
     Hugging Face forward pass op for op with fused projections; `own_forward=False` calls the module itself (the
-    test oracle for the former). `compile=True` runs the forward pass through `torch.compile(dynamic=True)`: symbolic shapes, so one compiled
+    test oracle for the former). `quantize="int4"`: the same with 4-bit weights (`pasta.quantized`).
+    `compile=True` runs the forward pass through `torch.compile(dynamic=True)`: symbolic shapes, so one compiled
     graph serves every step (any number of tokens, any cache length) without shape buckets. The first steps pay
     the compilation (minutes for a 135M model on a small CPU); exact against the oracle in fp32
     (tests/pasta/test_compile.py); in bf16 fused kernels round differently, so a greedy answer can differ."""
@@ -114,12 +116,14 @@ class ModelRunner:
         if quantize is not None:  # asked for explicitly: say why it cannot be done rather than decode unquantized
             if compile or not own_forward:
                 raise ValueError("quantize needs our own forward pass (not compile, not own_forward=False)")
-            LlamaForward(model, quantize)  # raises with the reason
-        self.own_forward = own_forward and not compile and LlamaForward.supports(model, quantize)
-        if compile:
+            self.own_forward = True
+            self._target = LlamaForward(model, quantize)  # raises with the reason
+        elif compile:
+            self.own_forward = False
             self._target = torch.compile(model, dynamic=True)
         else:
-            self._target = LlamaForward(model, quantize) if self.own_forward else model
+            self.own_forward = own_forward and LlamaForward.supports(model)
+            self._target = LlamaForward(model) if self.own_forward else model
 
     @torch.inference_mode()
     def forward(
