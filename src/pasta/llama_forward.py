@@ -236,6 +236,10 @@ class LlamaForward:
             raise ValueError("LlamaForward takes a boolean attention mask (True = attend)")
         x = self.embed(input_ids)
         b, length, _ = x.shape
+        if attention_mask is not None:  # additive once per step (SDPA would convert the boolean mask in every layer,
+            # to exactly this: 0 where True, -inf where False, in the query's dtype)
+            attention_mask = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device).masked_fill_(
+                attention_mask.logical_not(), float("-inf"))
         cos, sin = self.rotary(x, position_ids)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         nq, nkv, d = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.head_dim

@@ -12,7 +12,8 @@ from tiny import ByteTokenizer, tiny_model
 from pasta.interpreter import Interpreter
 from pasta.layout import Layout
 from pasta.llama_forward import LlamaForward
-from pasta.quantized import GROUP, Int4Linear, Int8Linear, dequantize_groups, int4_available, quantize_groups
+from pasta.quantized import (GROUP, Int4Linear, Int8Linear, dequantize_groups, fbgemm_available, int4_available,
+                             quantize_groups)
 from pasta.reference import reference_generate
 from pasta.runner import ModelRunner
 
@@ -53,8 +54,28 @@ def test_int4_and_int8_kernels_multiply_by_their_dequantized_weights():
     # the kernel's levels are the file's, up to the bf16 rounding of each group's step and zero
     torch.testing.assert_close(four.dequantized(), w, atol=2e-3, rtol=1e-2)
     torch.testing.assert_close(four(x).float(), x.float() @ four.dequantized().t(), atol=0.05, rtol=0.02)
-    eight = Int8Linear(torch.randn(100, 128))
+    eight = Int8Linear(torch.randn(100, 128), kernel="int8pack")
     torch.testing.assert_close(eight(x).float(), x.float() @ eight.dequantized().t(), atol=0.05, rtol=0.02)
+
+
+@pytest.mark.skipif(not fbgemm_available(), reason="no fbgemm/x86 quantized engine in this PyTorch")
+def test_the_fbgemm_head_rounds_only_the_activation_to_8_bits():
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(100, 128, generator=g)
+    fast, exact = Int8Linear(weight), Int8Linear(weight, kernel="int8pack")
+    assert fast.kernel == "fbgemm"
+    torch.testing.assert_close(fast.dequantized(), exact.dequantized(), atol=0, rtol=0)  # the same int8 weights
+    x = torch.randn(3, 128, generator=g)
+    expected = x @ fast.dequantized().t()
+    # the activation goes to 8 bits over its range (zero included): each input is off by at most half a level
+    level = (x.max().clamp_min(0) - x.min().clamp_max(0)) / 255
+    bound = fast.dequantized().abs().sum(1) * level / 2 + 1e-4
+    error = (fast(x) - expected).abs()
+    assert bool((error <= bound).all()), float((error / bound).max())
+    assert float(error.max()) > 0  # it did round the activation (this is not the float path)
+    assert (fast(x).argmax(-1) == expected.argmax(-1)).all()
+    with pytest.raises(ValueError, match="'fbgemm' or 'int8pack'"):
+        Int8Linear(weight, kernel="int4")
 
 
 def _dequantized_copy(model: torch.nn.Module, runner: ModelRunner) -> torch.nn.Module:
