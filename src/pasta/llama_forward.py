@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .model_config import sliding_window
 from .quantized import Int4Linear, Int8Linear, LowRank, int4_available
 
 FAMILY = ("llama", "mistral", "qwen2", "qwen3")
@@ -89,8 +90,8 @@ def _unsupported_reason(model: torch.nn.Module, quantize: str | None = None) -> 
         return f"model type {getattr(config, 'model_type', None)!r} is not one of {FAMILY}"
     if getattr(config, "_attn_implementation", "sdpa") != "sdpa":
         return f"attention implementation {config._attn_implementation!r} (only sdpa is mirrored)"
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True) is not False:
-        return "sliding-window attention"  # (conservative: pasta.runner applies windows through the mask)
+    if sliding_window(config) is not None:
+        return "sliding-window attention"
     if getattr(config, "mlp_bias", False) or getattr(config, "hidden_act", "silu") != "silu":
         return "an MLP with bias or an activation other than SiLU"
     inner = getattr(model, "model", None)

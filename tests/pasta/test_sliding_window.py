@@ -10,7 +10,8 @@ import torch
 from tiny import ByteTokenizer, tiny_model
 
 from pasta.decoding import DecodeLimits
-from pasta.runner import _sliding_window
+from pasta.llama_forward import LlamaForward
+from pasta.model_config import sliding_window
 from pasta.interpreter import Interpreter
 
 TOK = ByteTokenizer()
@@ -35,8 +36,12 @@ def test_engine_matches_hf_forward(family, attn):
 
 
 def test_window_is_detected_for_each_convention():
-    assert _sliding_window(tiny_model("mistral").config) == (8, False)
-    assert _sliding_window(tiny_model("qwen2-sliding").config) == (8, True)
-    assert _sliding_window(tiny_model("gemma3").config) == (24, True)
-    assert _sliding_window(tiny_model("llama").config) is None
-    assert _sliding_window(tiny_model("qwen2").config) is None
+    assert sliding_window(tiny_model("mistral").config) == (8, False)
+    assert sliding_window(tiny_model("qwen2-sliding").config) == (8, True)
+    assert sliding_window(tiny_model("gemma3").config) == (24, True)
+    assert sliding_window(tiny_model("llama").config) is None
+    assert sliding_window(tiny_model("qwen2").config) is None
+    # our own forward pass applies no window: it takes exactly the models without one
+    assert LlamaForward.supports(tiny_model("qwen2")) and LlamaForward.supports(tiny_model("llama"))
+    assert not LlamaForward.supports(tiny_model("mistral"))
+    assert not LlamaForward.supports(tiny_model("qwen2-sliding"))
