@@ -119,7 +119,12 @@ def run(name: str, threads: int = 1, workers: int = 1) -> None:
                         "--threads", str(threads)],
                        check=True, cwd=ROOT)
     folder = _r0_adapter() if name.startswith("r0") else out
-    adapter = ["--no-adapter"] if name == "base" else ["--adapter", str(folder)]
+    if name == "base":
+        adapter = ["--no-adapter"]
+    elif (folder / "adapter_config.json").is_file():
+        adapter = ["--adapter", str(folder)]
+    else:  # a full fine-tune (--full) saves the whole model, its layout records beside the weights
+        adapter = ["--model", str(folder), "--no-adapter"]
     # A training row measures the adapter alone: no decoding aid, even one its pasta_decoding.json asks for (r16's
     # does; the DECODING rows add them).
     _evaluate(name, [*adapter, "--no-outline-topics"], workers)

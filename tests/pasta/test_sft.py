@@ -86,6 +86,21 @@ def test_resume_equals_uninterrupted(setup):
     assert any(not torch.allclose(untouched[k], b[k]) for k in b)  # the resumed run really trained further
 
 
+def test_rerunning_a_finished_run_trains_nothing(setup):
+    root, model_dir, data = setup
+    config = _config(root, model_dir, data, "done", max_steps=2, save_steps=1)
+    out = train_sft(config)
+    weights = (out / "adapter_model.safetensors").read_bytes()
+    log = (out / "training_log.csv").read_text()
+    again = train_sft(_config(root, model_dir, data, "done", max_steps=2, save_steps=1, resume=True))
+    assert again == out
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]  # no step 3
+    assert (out / "adapter_model.safetensors").read_bytes() == weights
+    assert (out / "training_log.csv").read_text() == log
+    longer = train_sft(_config(root, model_dir, data, "done", max_steps=4, save_steps=1, resume=True))
+    assert (longer / "adapter_model.safetensors").read_bytes() != weights  # more steps asked: it trains on
+
+
 def test_plain_examples_can_come_from_their_own_files(setup, tmp_path):
     from transformers import AutoTokenizer
 

@@ -232,8 +232,13 @@ def train_sft(config: SFTConfig, callbacks: list | None = None) -> Path:
         model=model, args=args, train_dataset=_ListDataset(examples),
         data_collator=lambda batch: collate(batch, pad_id), callbacks=callbacks,
     )
-    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=bool(config.resume and checkpoints) or None)
+    last = _last_checkpoint_step(out / "checkpoints")
+    if config.resume and last >= _total_steps(config, len(examples)) and (out / "sft_config.json").is_file():
+        # Finished before (its final files are written after the last step): resuming would train one more step
+        # (the Trainer does so when max_steps ends mid-epoch), so leave everything as it is.
+        log.info("%s: already trained for %d steps; nothing to do", out, last)
+        return out
+    trainer.train(resume_from_checkpoint=bool(config.resume and last) or None)
     model.save_pretrained(out)
     if not config.lora:
         tokenizer.save_pretrained(out)
@@ -242,6 +247,12 @@ def train_sft(config: SFTConfig, callbacks: list | None = None) -> Path:
     (out / "sft_config.json").write_text(json.dumps(asdict(config), indent=2))
     write_loss_log(trainer.state.log_history, out)
     return out
+
+
+def _last_checkpoint_step(folder: Path) -> int:
+    """The step of the newest Trainer checkpoint in `folder` (checkpoint-N), 0 without any."""
+    steps = [int(p.name.split("-")[-1]) for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return max(steps, default=0)
 
 
 def _total_steps(config: SFTConfig, n: int) -> int:
