@@ -144,3 +144,23 @@ def test_a_model_trained_on_outlined_answers_records_outline_topics(setup, tmp_p
     assert not is_outlined("Tips:\nOverview: a; b.\n\n1. Sleep.\n2. Eat.")
     assert not is_outlined('<promise topic="a" tokens="5"/><async>x</async><sync/>\nOverview: a; b.\n\nDone.')
     assert decoding_conventions({"examples_with_chunks": 0, "examples_with_outline": 2}) == {"outline_topics": False}
+
+
+def test_a_run_can_continue_from_a_trained_adapter(setup):
+    root, model_dir, data = setup
+    first = train_sft(_config(root, model_dir, data, "first", max_steps=3, save_steps=3))
+    start = load_file(str(first / "adapter_model.safetensors"))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in start.items())  # trained: B is no longer zero
+    # A tiny learning rate: the continued adapter stays where the first one ended (a fresh one would have B = 0).
+    cont = train_sft(_config(root, model_dir, data, "cont", max_steps=1, learning_rate=1e-12,
+                             init_adapter=str(first), lora_r=16))
+    after = load_file(str(cont / "adapter_model.safetensors"))
+    assert after.keys() == start.keys()
+    for key in start:
+        torch.testing.assert_close(after[key], start[key], atol=1e-6, rtol=1e-5)  # rank 4 kept, not lora_r=16
+    grown = train_sft(_config(root, model_dir, data, "grown", max_steps=2, init_adapter=str(first)))
+    assert any(not torch.allclose(load_file(str(grown / "adapter_model.safetensors"))[k], start[k]) for k in start)
+    with pytest.raises(ValueError, match="full fine-tune"):
+        _config(root, model_dir, data, "x", lora=False, init_adapter=str(first))
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        _config(root, model_dir, data, "x", init_adapter=str(root))

@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +154,25 @@ def _done_ids(path: Path) -> set[str]:
     return {row["id"] for _, row in jsonl_lines(path) if isinstance(row, dict) and "id" in row}
 
 
+def pending_prompts(examples: Iterable[Example], done: set[str], row_id: Callable[[str], str],
+                    prompt_ids: Callable[[str], list[int]], max_prompt_tokens: int,
+                    stats: DistillStats) -> list[tuple[Example, list[int]]]:
+    """The examples still to answer, with their prompt ids: not answered before (`done` row ids), prompt not too
+    long; counted in `stats`."""
+    todo = []
+    for ex in examples:
+        stats.prompts += 1
+        if row_id(ex.prompt) in done:
+            stats.skipped_done += 1
+            continue
+        ids = prompt_ids(ex.prompt)
+        if len(ids) > max_prompt_tokens:
+            stats.too_long += 1
+            continue
+        todo.append((ex, ids))
+    return todo
+
+
 def distill(
     examples: Iterable[Example],
     out_path: str | Path,
@@ -180,17 +199,7 @@ def distill(
     tokenizer = loaded.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(interp.eos_ids)
     stats = DistillStats()
-    todo: list[tuple[Example, list[int]]] = []
-    for ex in examples:
-        stats.prompts += 1
-        if _row_id(ex.prompt) in done:
-            stats.skipped_done += 1
-            continue
-        ids = interp.prompt_ids(ex.prompt)
-        if len(ids) > config.max_prompt_tokens:
-            stats.too_long += 1
-            continue
-        todo.append((ex, ids))
+    todo = pending_prompts(examples, done, _row_id, interp.prompt_ids, config.max_prompt_tokens, stats)
     # Batches of similar prompt lengths (little padding), taken in the given order of first appearance.
     batches = [todo[i : i + config.max_batch] for i in range(0, len(todo), config.max_batch)]
     bar = tqdm(total=len(todo), desc="distill", unit="answer", disable=not progress)

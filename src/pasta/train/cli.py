@@ -17,6 +17,8 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lora-alpha", type=int, default=16)
+    p.add_argument("--init-adapter", default=None,
+                   help="continue from this LoRA adapter folder ('default': the embedded one) instead of a fresh one")
     p.add_argument("--plain-data", nargs="+", default=None,
                    help="JSONL files the plain (unforked) examples come from (default: the rows without chunks in --data)")
     p.add_argument("--lr", type=float, default=3e-4)
@@ -51,6 +53,7 @@ def run_sft(args: argparse.Namespace) -> int:
 
     config = SFTConfig(
         data=args.data, plain_data=args.plain_data, output_dir=args.out, model=args.model, lora=not args.full, lora_r=args.lora_r,
+        init_adapter=args.init_adapter,
         lora_alpha=args.lora_alpha, learning_rate=args.lr, epochs=args.epochs, max_steps=args.max_steps,
         batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
         max_examples=args.max_examples, annotated_fraction=args.annotated_fraction,

@@ -37,6 +37,9 @@ class SFTConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
+    # Continue from a trained LoRA adapter (a folder, or "default" for the embedded one) instead of a fresh one: its
+    # rank and alpha are used; e.g. a round of on-policy self-distillation (pasta.data.onpolicy) on top of Stage 1.
+    init_adapter: str | None = None
     learning_rate: float = 3e-4
     epochs: float = 1.0
     max_steps: int = -1
@@ -64,6 +67,12 @@ class SFTConfig:
         for path in [*self.data, *(self.plain_data or [])]:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"training data {path} not found")
+        if self.init_adapter is not None:
+            if not self.lora:
+                raise ValueError("init_adapter continues a LoRA adapter; it cannot start a full fine-tune")
+            folder = init_adapter_folder(self.init_adapter)
+            if not (folder / "adapter_config.json").is_file():
+                raise FileNotFoundError(f"init_adapter {self.init_adapter}: no adapter_config.json in {folder}")
         if self.lora_r < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("lora_r, batch_size and grad_accum must be >= 1")
         if not (self.learning_rate > 0):
@@ -79,6 +88,18 @@ class SFTConfig:
     def layout(self) -> LayoutConfig:
         return LayoutConfig(reserve_factor=self.reserve_factor, default_tokens=self.default_tokens,
                             fixed_reserve=self.fixed_reserve)
+
+
+def init_adapter_folder(name: str) -> Path:
+    """The folder of an adapter to continue from: a path, or "default" for the embedded default adapter."""
+    if name == "default":
+        from ..models import default_adapter_path
+
+        found = default_adapter_path()
+        if found is None:
+            raise FileNotFoundError("init_adapter 'default': this checkout has no embedded default adapter")
+        return found
+    return Path(name)
 
 
 def read_rows(paths: list[str]) -> list[dict]:
@@ -188,7 +209,20 @@ def train_sft(config: SFTConfig, callbacks: list | None = None) -> Path:
     loaded = load_model(config.model, dtype="float32", adapter=False)
     model, tokenizer = loaded.model, loaded.tokenizer
     model.train()
-    if config.lora:
+    if config.lora and config.init_adapter is not None:
+        from peft import PeftModel
+
+        folder = init_adapter_folder(config.init_adapter)
+        recorded = folder / "pasta_layout.json"
+        if recorded.is_file() and json.loads(recorded.read_text()) != asdict(config.layout):
+            log.warning("%s was trained with layout %s; this run lays out examples with %s", folder,
+                        recorded.read_text().strip(), asdict(config.layout))
+        # Trainable fp32 copies of the adapter's weights (the embedded adapter is stored in bf16).
+        model = PeftModel.from_pretrained(model, str(folder), is_trainable=True, autocast_adapter_dtype=True)
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+    elif config.lora:
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(

@@ -1,0 +1,58 @@
+"""On-policy self-distillation data for the default model (see pasta.data.onpolicy): the model's own greedy answers
+(guards on) to ShareGPT instructions, then the kept ones as SFT rows.
+
+    python scripts/onpolicy_distill.py --limit 640 --out data/onpolicy-r16.jsonl --kept data/sft-onpolicy-r16.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+
+from pasta.data.distill import instruction_like, mix_prompts, select_prompts
+from pasta.data.onpolicy import OnPolicyConfig, generate, kept_rows
+from pasta.data.sources import load_examples
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", default="sharegpt")
+    p.add_argument("--limit", type=int, default=640)
+    p.add_argument("--shuffle-seed", type=int, default=1)
+    p.add_argument("--list-share", type=float, default=0.7)
+    p.add_argument("--adapter", default=None, help="default: the embedded adapter")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, help="every answer (appended; a rerun resumes)")
+    p.add_argument("--kept", help="write the answers worth training on here (SFT rows)")
+    p.add_argument("--kept-only", action="store_true", help="only rebuild --kept from --out")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    config = OnPolicyConfig(max_new_tokens=args.max_new_tokens, max_batch=args.max_batch)
+    if not args.kept_only:
+        import torch
+
+        from pasta.interpreter import Interpreter
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        examples = [e for e in select_prompts(load_examples(args.source)) if instruction_like(e.prompt)]
+        random.Random(args.shuffle_seed).shuffle(examples)
+        examples = mix_prompts(examples, args.limit, args.list_share)
+        interp = Interpreter.from_pretrained(adapter=args.adapter or True)
+        stats = generate(interp, examples, args.out, config, progress=not args.no_progress)
+        print(f"on-policy: {stats.summary()}")
+    if args.kept:
+        rows, reasons = kept_rows(args.out, config)
+        with open(args.kept, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        print(f"kept {len(rows)} -> {args.kept}; {json.dumps(reasons, sort_keys=True)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

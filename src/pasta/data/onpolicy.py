@@ -1,0 +1,182 @@
+"""On-policy self-distillation of a Pasta model (expert iteration): the model's own answers to training prompts,
+decoded as users get them (greedy, runtime guards on), kept when they are clean enough to train on.
+
+Why: the structural annotator's forked targets are ShareGPT answers (long lists, outlines a larger model wrote). The
+135M default model starts outlines it cannot finish and repeats an item (`Overview: Grilling; Smoking; Smoking;`),
+which the outline guard cuts (`Overview: Grilling; Smoking.`); then it tries one promise past the plan, which the
+outline-done guard refuses with a forced `<sync/>`. The answer a user receives is then a clean Pasta-Lang answer in
+the model's own words, stopped where it should have stopped. Fine-tuning on such answers (filtered: complete, no
+malformed tag, little repetition, distinct chunks, a conclusion that does not copy a chunk) teaches the model to
+stop there itself - the guard's correction becomes a training target (cf. RAFT / STaR-style expert iteration).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .distill import DistillStats, pending_prompts
+from ..eval.answer_stats import answer_stats, near_duplicate
+from ..jsonl import append_jsonl, done_keys, jsonl_lines
+from ..lang import SyncMark, is_valid, to_structure
+
+log = logging.getLogger(__name__)
+
+# Guards whose correction leaves a clean answer (the outline ends early; a refused promise past the plan is gone and
+# the main thread syncs). Answers where any other guard fired are not trained on.
+CORRECTING_GUARDS = ("outline_repeat", "outline_done")
+_WORD_RE = re.compile(r"\w+(?:['\u2019]\w+)*")
+
+
+@dataclass
+class OnPolicyConfig:
+    max_new_tokens: int = 512
+    max_batch: int = 16  # requests decoding together (continuous batching)
+    max_prompt_tokens: int = 256
+    max_repetition: float = 0.25  # kept answers repeat at most this share of word 4-grams
+    min_chunks: int = 2  # a kept forked answer has at least this many chunks (one chunk saves nothing)
+    copy_ngram: int = 8  # the text after <sync/> may share no word n-gram this long with a chunk
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "max_batch", "max_prompt_tokens", "min_chunks", "copy_ngram"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.max_repetition <= 1:
+            raise ValueError(f"max_repetition must be in [0, 1], got {self.max_repetition!r}")
+
+
+def row_id(prompt: str) -> str:
+    return "onpolicy-" + hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+def _grams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = [w.casefold() for w in _WORD_RE.findall(text)]
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def copies_a_chunk(annotated: str, n: int = 8) -> bool:
+    """The main thread's text after a `<sync/>` repeats a chunk (shares a word n-gram with a chunk's body): the
+    default model sometimes restates the last chunk as its conclusion."""
+    parts = to_structure(annotated).parts
+    after_sync = ""
+    seen_sync = False
+    bodies = []
+    for part in parts:
+        if isinstance(part, SyncMark):
+            seen_sync = True
+        elif hasattr(part, "body"):
+            bodies.append(part.body)
+        elif seen_sync:
+            after_sync += part.text
+    tail = _grams(after_sync, n)
+    return bool(tail) and any(tail & _grams(body, n) for body in bodies)
+
+
+def keep_reason(row: dict, config: OnPolicyConfig = OnPolicyConfig()) -> str | None:
+    """Why an answer row (as `generate` writes it) is not worth training on, or None when it is."""
+    stats = row.get("stats") or {}
+    annotated = row.get("annotated")
+    if not isinstance(annotated, str) or not annotated.strip():
+        return "empty"
+    if stats.get("finish_reason") != "eos":
+        return "truncated"
+    if row.get("warnings"):
+        return "malformed tag"
+    if any(not g.startswith(CORRECTING_GUARDS) for g in stats.get("guards", [])):
+        return "other guard"
+    if not is_valid(annotated):
+        return "invalid Pasta-Lang"
+    if stats.get("repetition", 1.0) > config.max_repetition:
+        return "repetitive"
+    chunks = to_structure(annotated).chunks
+    if chunks:
+        if len(chunks) < config.min_chunks:
+            return "one chunk"
+        if not stats.get("reaches_sync"):
+            return "no sync"
+        bodies = [c.body for c in chunks]
+        if stats.get("duplicate_chunks") or any(near_duplicate(b, a) for i, b in enumerate(bodies)
+                                                   for a in bodies[:i]):
+            return "duplicate chunks"
+        if copies_a_chunk(annotated, config.copy_ngram):
+            return "conclusion copies a chunk"
+    return None
+
+
+def generate(interp, examples: Iterable, out_path: str | Path, config: OnPolicyConfig = OnPolicyConfig(), *,
+             progress: bool = True) -> DistillStats:
+    """Answer every example's prompt with `interp`'s model (its adapter, decoding conventions and guards), greedy,
+    `config.max_batch` requests at a time on one engine; append one row per answer to `out_path` (a rerun skips
+    answered prompts). Rows: {id, prompt, source, annotated, text, warnings, stats (pasta.eval.AnswerStats)}."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    from ..decoding import DecodeLimits
+    from ..engine import Engine, EngineConfig, Sequence
+
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = done_keys([out]) if out.is_file() else set()
+    stats = DistillStats()
+    todo = pending_prompts(examples, done, row_id, interp.prompt_ids, config.max_prompt_tokens, stats)
+    engine = Engine(interp.model, EngineConfig(max_batch=config.max_batch), runner=interp.runner)
+    limits = DecodeLimits(max_new_tokens=config.max_new_tokens)
+    bar = tqdm(total=len(todo), desc="on-policy", unit="answer", disable=not progress)
+    pending = iter(todo)
+    running: dict[int, tuple] = {}
+
+    def refill() -> None:
+        while len(running) < config.max_batch:
+            item = next(pending, None)
+            if item is None:
+                return
+            seq = engine.add(Sequence(interp.start(item[1], limits=limits)))
+            running[seq.id] = (item[0], seq, time.perf_counter())
+
+    refill()
+    while running:
+        engine.step()
+        for key, (ex, seq, _) in list(running.items()):
+            if not seq.finished:
+                continue
+            del running[key]
+            bar.update(1)
+            if seq.status != "done":
+                log.warning("prompt %s: decoding %s (%s); not written", ex.id, seq.status, seq.error)
+                continue
+            result = seq.result
+            row = {
+                "id": row_id(ex.prompt), "prompt": ex.prompt, "source": f"onpolicy:{ex.source}",
+                "annotated": result.annotated, "text": result.text, "warnings": list(result.stats.warnings),
+                "stats": answer_stats(result, interp.tokenizer).to_dict(),
+            }
+            append_jsonl(out, row)
+            stats.generated += 1
+            stats.finished += result.stats.finish_reason == "eos"
+        refill()
+    bar.close()
+    return stats
+
+
+def kept_rows(path: str | Path, config: OnPolicyConfig = OnPolicyConfig()) -> tuple[list[dict], dict[str, int]]:
+    """The answers of `path` worth training on, as {id, prompt, annotated, source} rows, and why the others were
+    not (reason -> count)."""
+    kept, reasons = [], {}
+    for line_no, row in jsonl_lines(path):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            log.warning("%s:%d: not an on-policy answer row; skipped", path, line_no)
+            reasons["bad row"] = reasons.get("bad row", 0) + 1
+            continue
+        reason = keep_reason(row, config)
+        if reason is None:
+            kept.append({"id": row["id"], "prompt": row["prompt"], "annotated": row["annotated"],
+                         "source": row.get("source", "onpolicy")})
+            reason = "kept (forked)" if to_structure(row["annotated"]).chunks else "kept (plain)"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return kept, reasons

@@ -1,0 +1,82 @@
+"""On-policy self-distillation: which of the model's own answers are worth training on, and the generator writes
+each prompt's answer as the interpreter decodes it alone, resumably."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tiny import ByteTokenizer, tiny_model
+
+from pasta.data.onpolicy import OnPolicyConfig, copies_a_chunk, generate, keep_reason, kept_rows
+from pasta.data.sources import Example
+from pasta.decoding import DecodeLimits
+from pasta.interpreter import Interpreter
+
+GOOD = ('Tips:\n\nOverview: Sleep; Food.\n\n1. <promise topic="1/2 Sleep" tokens="10"/><async>Sleep: go to bed at '
+        'the same time every night.</async>\n2. <promise topic="2/2 Food" tokens="10"/><async>Food: eat vegetables '
+        'and drink water with every meal.</async>\n<sync/>These habits help you feel better.')
+
+
+def _row(annotated=GOOD, **stats):
+    base = dict(finish_reason="eos", guards=[], repetition=0.05, reaches_sync=True, duplicate_chunks=0)
+    base.update(stats)
+    return {"id": "x", "prompt": "Tips?", "annotated": annotated, "warnings": [], "stats": base}
+
+
+def test_a_clean_answer_is_kept_and_a_guard_corrected_one_too():
+    assert keep_reason(_row()) is None
+    assert keep_reason(_row(guards=["outline_repeat: outline item 'Food' repeats; outline ended",
+                                    'outline_done: <promise topic="3/2" tokens="1"/>; forced <sync/>'])) is None
+    assert keep_reason(_row("Just a plain answer.", reaches_sync=None)) is None
+
+
+@pytest.mark.parametrize("row, reason", [
+    (_row(finish_reason="length"), "truncated"),
+    ({**_row(), "warnings": ["thread 0: tag '</sync>' closes nothing"]}, "malformed tag"),
+    (_row(guards=["repeated_topic: 'Sleep'"]), "other guard"),
+    (_row(repetition=0.4), "repetitive"),
+    (_row(reaches_sync=False), "no sync"),
+    (_row(GOOD.replace("eat vegetables and drink water with every meal", "go to bed at the same time every night")),
+     "duplicate chunks"),
+    (_row(GOOD.split("\n2.")[0] + "\n<sync/>Done."), "one chunk"),
+    (_row(GOOD.replace("These habits help you feel better.", "Food: eat vegetables and drink water with every meal.")),
+     "conclusion copies a chunk"),
+    (_row(""), "empty"),
+])
+def test_answers_not_worth_training_on_say_why(row, reason):
+    assert keep_reason(row) == reason
+
+
+def test_a_conclusion_copies_a_chunk_only_with_a_long_shared_run_of_words():
+    assert not copies_a_chunk(GOOD)
+    assert copies_a_chunk(GOOD.replace("These habits", "Sleep: go to bed at the same time every night. These"))
+    assert not copies_a_chunk(GOOD.replace("These habits", "Go to bed early. These"))  # a short echo is fine
+
+
+def test_kept_rows_count_every_reason_and_skip_bad_rows(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    rows = [_row(), _row("Plain.", reaches_sync=None), _row(finish_reason="length")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    kept, reasons = kept_rows(path)
+    assert [k["annotated"] for k in kept] == [GOOD, "Plain."]
+    assert reasons == {"kept (forked)": 1, "kept (plain)": 1, "truncated": 1, "bad row": 1}
+
+
+def test_generate_writes_what_the_interpreter_decodes_alone_and_resumes(tmp_path):
+    interp = Interpreter(tiny_model(seed=3), ByteTokenizer(), limits=DecodeLimits(max_new_tokens=24))
+    examples = [Example(id=f"e{i}", prompt=f"question {i}?", response="", source="test") for i in range(5)]
+    out = tmp_path / "answers.jsonl"
+    config = OnPolicyConfig(max_new_tokens=24, max_batch=3)
+    stats = generate(interp, examples[:3], out, config, progress=False)
+    assert stats.generated == 3
+    stats = generate(interp, examples, out, config, progress=False)
+    assert (stats.generated, stats.skipped_done) == (2, 3)  # a rerun answers only the new prompts
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["prompt"] for r in rows) == [e.prompt for e in examples]
+    for row in rows:
+        alone = interp.generate(row["prompt"], limits=DecodeLimits(max_new_tokens=24))
+        assert row["annotated"] == alone.annotated
+        assert row["stats"]["finish_reason"] == alone.stats.finish_reason
+    with pytest.raises(ValueError, match="max_batch"):
+        OnPolicyConfig(max_batch=0)
