@@ -29,11 +29,14 @@ def test_a_clean_answer_is_kept_and_a_guard_corrected_one_too():
     assert keep_reason(_row(guards=["outline_repeat: outline item 'Food' repeats; outline ended",
                                     'outline_done: <promise topic="3/2" tokens="1"/>; forced <sync/>'])) is None
     assert keep_reason(_row("Just a plain answer.", reaches_sync=None)) is None
+    stray = {**_row(GOOD + "</sync>"), "warnings": ["thread 0: tag '</sync>' closes nothing (Pasta-Lang has no such "
+                                                    "tag); dropped from the answer; ignored"]}
+    assert keep_reason(stray) is None  # the interpreter dropped it from the answer; training data leaves it out
 
 
 @pytest.mark.parametrize("row, reason", [
     (_row(finish_reason="length"), "truncated"),
-    ({**_row(), "warnings": ["thread 0: tag '</sync>' closes nothing"]}, "malformed tag"),
+    ({**_row(), "warnings": ["thread 0: tag '</async>' is not valid in the main thread; ignored"]}, "malformed tag"),
     (_row(guards=["repeated_topic: 'Sleep'"]), "other guard"),
     (_row(repetition=0.4), "repetitive"),
     (_row(reaches_sync=False), "no sync"),
@@ -43,6 +46,8 @@ def test_a_clean_answer_is_kept_and_a_guard_corrected_one_too():
     (_row(GOOD.replace("These habits help you feel better.", "Food: eat vegetables and drink water with every meal.")),
      "conclusion copies a chunk"),
     (_row(""), "empty"),
+    (_row(GOOD.replace("Sleep; Food.", "Sleep; Food; Sleep.")), "outline repeats an item"),
+    (_row(GOOD.replace("Sleep; Food.", "Sleep; Food; Walks.")), "outline and promises differ"),
 ])
 def test_answers_not_worth_training_on_say_why(row, reason):
     assert keep_reason(row) == reason
@@ -56,7 +61,7 @@ def test_a_conclusion_copies_a_chunk_only_with_a_long_shared_run_of_words():
 
 def test_kept_rows_count_every_reason_and_skip_bad_rows(tmp_path):
     path = tmp_path / "answers.jsonl"
-    rows = [_row(), _row("Plain.", reaches_sync=None), _row(finish_reason="length")]
+    rows = [_row(), _row("Plain.</sync>", reaches_sync=None), _row(finish_reason="length")]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
     kept, reasons = kept_rows(path)
     assert [k["annotated"] for k in kept] == [GOOD, "Plain."]

@@ -22,7 +22,7 @@ from pathlib import Path
 from .distill import DistillStats, pending_prompts
 from ..eval.answer_stats import answer_stats, near_duplicate
 from ..jsonl import append_jsonl, done_keys, jsonl_lines
-from ..lang import SyncMark, is_valid, to_structure
+from ..lang import OUTLINE_PREFIX, SyncMark, is_valid, to_structure, topic_key
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +77,41 @@ def copies_a_chunk(annotated: str, n: int = 8) -> bool:
     return bool(tail) and any(tail & _grams(body, n) for body in bodies)
 
 
+def outline_items(annotated: str) -> list[list[str]]:
+    """The items of every outline line the main thread wrote (`Overview: Diet; Sleep.` -> ["Diet", "Sleep"])."""
+    main = to_structure(annotated).main_thread_text()
+    outlines = []
+    for line in main.splitlines():
+        if line.startswith(OUTLINE_PREFIX):
+            body = line[len(OUTLINE_PREFIX):].strip().removesuffix(".")
+            outlines.append([item.strip() for item in body.split(";") if item.strip()])
+    return outlines
+
+
+STRAY_SYNC_CLOSE = "</sync>"
+
+
+def repaired(annotated: str) -> str:
+    """The answer as the user got it: the interpreter drops a stray `</sync>` (no such tag; the default model closes
+    its conclusion with one) from the answer but keeps it in the storage form. Training on the repaired text teaches
+    the model to leave it out."""
+    return annotated.replace(STRAY_SYNC_CLOSE, "")
+
+
+def _is_stray_sync_warning(warning: str) -> bool:
+    return f"'{STRAY_SYNC_CLOSE}' closes nothing" in warning
+
+
 def keep_reason(row: dict, config: OnPolicyConfig = OnPolicyConfig()) -> str | None:
     """Why an answer row (as `generate` writes it) is not worth training on, or None when it is."""
     stats = row.get("stats") or {}
     annotated = row.get("annotated")
-    if not isinstance(annotated, str) or not annotated.strip():
+    if not isinstance(annotated, str) or not repaired(annotated).strip():
         return "empty"
+    annotated = repaired(annotated)
     if stats.get("finish_reason") != "eos":
         return "truncated"
-    if row.get("warnings"):
+    if any(not _is_stray_sync_warning(w) for w in row.get("warnings", [])):
         return "malformed tag"
     if any(not g.startswith(CORRECTING_GUARDS) for g in stats.get("guards", [])):
         return "other guard"
@@ -105,6 +131,12 @@ def keep_reason(row: dict, config: OnPolicyConfig = OnPolicyConfig()) -> str | N
             return "duplicate chunks"
         if copies_a_chunk(annotated, config.copy_ngram):
             return "conclusion copies a chunk"
+        outlines = outline_items(annotated)
+        # The outline guard cuts an item repeated before a ';', not one repeated as the line's last item.
+        if any(len({topic_key(i) for i in items}) < len(items) for items in outlines):
+            return "outline repeats an item"
+        if outlines and sum(len(items) for items in outlines) != len(chunks):
+            return "outline and promises differ"
     return None
 
 
@@ -175,8 +207,8 @@ def kept_rows(path: str | Path, config: OnPolicyConfig = OnPolicyConfig()) -> tu
             continue
         reason = keep_reason(row, config)
         if reason is None:
-            kept.append({"id": row["id"], "prompt": row["prompt"], "annotated": row["annotated"],
+            kept.append({"id": row["id"], "prompt": row["prompt"], "annotated": repaired(row["annotated"]),
                          "source": row.get("source", "onpolicy")})
-            reason = "kept (forked)" if to_structure(row["annotated"]).chunks else "kept (plain)"
+            reason = "kept (forked)" if to_structure(kept[-1]["annotated"]).chunks else "kept (plain)"
         reasons[reason] = reasons.get(reason, 0) + 1
     return kept, reasons
