@@ -98,13 +98,34 @@ DECODING: dict[str, tuple[str, str, list[str]]] = {
                         "r15-v5-outline", ["--outline-topics"]),
     "r16-outline-fed": ("r16 decoded with outline topics and the outline guard (a repeated or ninth item ends the "
                         "outline)", "r16-v5-outline-plain736", ["--outline-topics"]),
+    "r16-shipped": ("the shipped r16 adapter (bf16) decoded as shipped: r16-outline-fed plus the outline-done guard "
+                    "(a promise past the outline is refused as it opens)", "default", ["--outline-topics"]),
+}
+# On-policy rows: name -> (what changes, adapter to continue from, data, extra `pasta train sft` arguments). The data
+# is the starting model's own greedy answers to ShareGPT instructions with its guards on, filtered
+# (scripts/onpolicy_distill.py, pasta.data.onpolicy).
+ONPOLICY: dict[str, tuple[str, str, list[str], list[str]]] = {
+    "r17-onpolicy": ("one round of on-policy self-distillation on the shipped r16: its own answers to 640 ShareGPT "
+                     "instructions, decoded with its guards, kept when clean (guard-corrected outlines included), "
+                     "2 epochs at lr 2e-4", "default", ["data/sft-onpolicy-r16.jsonl"],
+                     ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"]),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 
 
 def run(name: str, threads: int = 1, workers: int = 1) -> None:
     if name in DECODING:
-        _evaluate(name, ["--adapter", str(ROOT / "runs" / "abl" / DECODING[name][1]), *DECODING[name][2]], workers)
+        trained = DECODING[name][1]  # "default": the embedded adapter
+        adapter = [] if trained == "default" else ["--adapter", str(ROOT / "runs" / "abl" / trained)]
+        _evaluate(name, [*adapter, *DECODING[name][2]], workers)
+        return
+    if name in ONPOLICY:
+        _, init, data, extra = ONPOLICY[name]
+        out = ROOT / "runs" / "abl" / name
+        subprocess.run([PY, "-m", "pasta.cli", "train", "sft", "--init-adapter", init, "--data", *data, "--out",
+                        str(out), *COMMON, *extra, "--threads", str(threads)], check=True, cwd=ROOT)
+        # Decoded as its starting point was when its data was generated (outline topics and guards on).
+        _evaluate(name, ["--adapter", str(out), "--outline-topics"], workers)
         return
     if name in STAGE2:
         out = ROOT / "runs" / "abl" / name
@@ -201,6 +222,7 @@ def table() -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [(name, what) for name, (what, _, _) in RUNS.items()] + [(name, what) for name, (what, _) in STAGE2.items()]
     rows += [(name, what) for name, (what, _, _) in DECODING.items()]
+    rows += [(name, what) for name, (what, _, _, _) in ONPOLICY.items()]
     for name, what in rows:
         path = RESULTS / f"{name}.summary.json"
         if not path.is_file():
@@ -218,7 +240,7 @@ def table() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", choices=sorted([*RUNS, *STAGE2, *DECODING]), action="append", default=[])
+    parser.add_argument("--run", choices=sorted([*RUNS, *STAGE2, *DECODING, *ONPOLICY]), action="append", default=[])
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for training (results do not depend on it; time does)")

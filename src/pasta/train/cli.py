@@ -28,7 +28,8 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--max-examples", type=int, default=None)
-    p.add_argument("--annotated-fraction", type=float, default=0.8)
+    p.add_argument("--annotated-fraction", type=_fraction_or_data, default=0.8,
+                   help="share of examples with a promise (0-1), or 'data': as many as the data has")
     p.add_argument("--reserve-factor", type=float, default=2.0, help="a chunk reserves factor x its tokens positions")
     p.add_argument("--fixed-reserve", type=int, default=None, help="reserve this many positions for every chunk")
     p.add_argument("--main-loss-weight", type=float, default=1.0,
@@ -46,6 +47,15 @@ def add_train_parser(subparsers) -> None:
     q = stages.add_parser("pref", help="stage 2: BoNBoN preference optimization on speed + quality")
     add_pref_arguments(q)
     q.set_defaults(func=run_pref)
+
+
+def _fraction_or_data(value: str) -> float | None:
+    if value == "data":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'data', got {value!r}") from None
 
 
 def run_sft(args: argparse.Namespace) -> int:
