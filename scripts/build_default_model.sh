@@ -6,15 +6,18 @@
 # 2. self-distill: the base model's own greedy answers to short ShareGPT instructions, kept when they end by EOS
 #    and repeat little, then annotated: the plain examples (the model's own words);
 # 3. fine-tune in the Pasta layout (stage 1 SFT; it records outline topics in pasta_decoding.json);
-# 4. copy the adapter (bf16), its layout, decoding conventions and training records into
-#    src/pasta/assets/default-adapter.
-# This is run r16 of the Stage-1 ablation (docs/training.md), decoded with outline topics.
-# Measured on this 2-core CPU (see the data card): distillation ~30 min per 736 prompts, SFT ~1 h per 360 steps.
+# 4. install the adapter (bf16), its layout, decoding conventions and training records into
+#    src/pasta/assets/default-adapter (scripts/install_adapter.py);
+# 5. one round of on-policy self-distillation on top (below), installed in its place.
+# Stage 1 is run r16 of the ablation (docs/training.md), the round is r17-onpolicy; both decode with outline topics.
+# Measured on this 2-core CPU (see the data card): distillation ~30 min per 736 prompts, SFT ~1 h per 360 steps,
+# on-policy answers ~45 min per 640 prompts, the round's SFT ~20 min (108 steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 STEPS=${STEPS:-360}
 OUT=${OUT:-runs/default-sft}
+OUT2=${OUT2:-runs/default-onpolicy}
 DISTILL_LIMIT=${DISTILL_LIMIT:-736}
 THREADS=${THREADS:-1}  # torch threads of the fine-tune (the shipped adapter: 2)
 mkdir -p data runs
@@ -30,29 +33,13 @@ pasta annotate --annotator structural --structural-version 5 --source "data/dist
 pasta train sft --data data/sft-sharegpt-v5.jsonl --plain-data "data/sft-distill$DISTILL_LIMIT-v5.jsonl" --out "$OUT" \
     --max-steps "$STEPS" --batch-size 4 --max-length 448 --max-examples 1200 --lr 5e-4 --save-steps 20 \
     --threads "$THREADS" --bf16 --resume
+"$VENV/bin/python" scripts/install_adapter.py "$OUT"
+# 5. on-policy self-distillation (pasta.data.onpolicy): the Stage-1 model's own greedy answers, guards on, to 640
+#    ShareGPT instructions; the clean ones (guard-corrected outlines included) continue its adapter for 2 epochs.
+"$VENV/bin/python" scripts/onpolicy_distill.py --limit 640 --max-batch 16 --threads "$THREADS" --no-progress \
+    --out data/onpolicy-r16.jsonl --kept data/sft-onpolicy-r16.jsonl
+pasta train sft --init-adapter default --data data/sft-onpolicy-r16.jsonl --out "$OUT2" --epochs 2 --lr 2e-4 \
+    --annotated-fraction data --max-length 640 --batch-size 4 --save-steps 20 --threads "$THREADS" --bf16 --resume
+"$VENV/bin/python" scripts/install_adapter.py "$OUT2" --keep-as-stage1
 dest=src/pasta/assets/default-adapter
-"$VENV/bin/python" - "$OUT" "$dest" <<'PY'
-"""Copy the adapter as bf16 (half the size; decoding merges it into the base model) with its records."""
-import json, shutil, sys
-from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
-
-out, dest = Path(sys.argv[1]), Path(sys.argv[2])
-card = dest / "README.md"
-keep = card.read_text() if card.is_file() else None
-shutil.rmtree(dest, ignore_errors=True)
-dest.mkdir(parents=True)
-weights = load_file(out / "adapter_model.safetensors")
-save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, dest / "adapter_model.safetensors")
-for name in ("adapter_config.json", "pasta_layout.json", "pasta_decoding.json", "sft_config.json", "data_stats.json",
-             "training_log.csv", "loss.png"):
-    shutil.copy(out / name, dest / name)
-config = json.loads((dest / "adapter_config.json").read_text())
-config["base_model_name_or_path"] = "default"  # the embedded model, not this machine's cache path
-(dest / "adapter_config.json").write_text(json.dumps(config, indent=2))
-if keep is not None:
-    card.write_text(keep)
-PY
 echo "default adapter written to $dest"
