@@ -99,7 +99,7 @@ DECODING: dict[str, tuple[str, str, list[str]]] = {
     "r16-outline-fed": ("r16 decoded with outline topics and the outline guard (a repeated or ninth item ends the "
                         "outline)", "r16-v5-outline-plain736", ["--outline-topics"]),
     "r16-shipped": ("the shipped r16 adapter (bf16) decoded as shipped: r16-outline-fed plus the outline-done guard "
-                    "(a promise past the outline is refused as it opens)", "default", ["--outline-topics"]),
+                    "(a promise past the outline is refused as it opens)", "shipped-r16", ["--outline-topics"]),
 }
 # On-policy rows: name -> (what changes, adapter to continue from, data, extra `pasta train sft` arguments). The data
 # is the starting model's own greedy answers to ShareGPT instructions with its guards on, filtered
@@ -107,7 +107,7 @@ DECODING: dict[str, tuple[str, str, list[str]]] = {
 ONPOLICY: dict[str, tuple[str, str, list[str], list[str]]] = {
     "r17-onpolicy": ("one round of on-policy self-distillation on the shipped r16: its own answers to 640 ShareGPT "
                      "instructions, decoded with its guards, kept when clean (guard-corrected outlines included), "
-                     "2 epochs at lr 2e-4", "default", ["data/sft-onpolicy-r16.jsonl"],
+                     "2 epochs at lr 2e-4", "shipped-r16", ["data/sft-onpolicy-r16.jsonl"],
                      ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"]),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
@@ -115,12 +115,14 @@ DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequ
 
 def run(name: str, threads: int = 1, workers: int = 1) -> None:
     if name in DECODING:
-        trained = DECODING[name][1]  # "default": the embedded adapter
-        adapter = [] if trained == "default" else ["--adapter", str(ROOT / "runs" / "abl" / trained)]
+        trained = DECODING[name][1]  # "shipped-r16": the embedded r16 adapter, from git history
+        folder = _shipped_r16() if trained == "shipped-r16" else str(ROOT / "runs" / "abl" / trained)
+        adapter = ["--adapter", folder]
         _evaluate(name, [*adapter, *DECODING[name][2]], workers)
         return
     if name in ONPOLICY:
         _, init, data, extra = ONPOLICY[name]
+        init = _shipped_r16() if init == "shipped-r16" else init
         out = ROOT / "runs" / "abl" / name
         subprocess.run([PY, "-m", "pasta.cli", "train", "sft", "--init-adapter", init, "--data", *data, "--out",
                         str(out), *COMMON, *extra, "--threads", str(threads)], check=True, cwd=ROOT)
@@ -151,20 +153,30 @@ def run(name: str, threads: int = 1, workers: int = 1) -> None:
     _evaluate(name, [*adapter, "--no-outline-topics"], workers)
 
 
-R0_COMMIT = "e86f3e8^"  # the last commit whose embedded default adapter was r0 (r3 replaced it, now r16)
+R0_COMMIT = "e86f3e8^"  # the last commit whose embedded default adapter was r0 (r3 replaced it, then r16, r17)
+R16_COMMIT = "504deb8b6d"  # the last commit whose embedded default adapter was r16 (bf16; r17 replaced it)
 
 
 def _r0_adapter() -> Path:
     """The first default model's adapter, restored from git history into runs/abl/r0-first-default."""
-    out = ROOT / "runs" / "abl" / "r0-first-default"
+    return _historic_adapter("r0-first-default", R0_COMMIT)
+
+
+def _historic_adapter(name: str, commit: str) -> Path:
+    """An embedded default adapter of an earlier commit, restored from git history into runs/abl/NAME."""
+    out = ROOT / "runs" / "abl" / name
     if not (out / "adapter_model.safetensors").is_file():
         out.mkdir(parents=True, exist_ok=True)
-        listed = subprocess.run(["git", "ls-tree", "--name-only", R0_COMMIT, "src/pasta/assets/default-adapter/"],
+        listed = subprocess.run(["git", "ls-tree", "--name-only", commit, "src/pasta/assets/default-adapter/"],
                                 capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()
         for path in listed:
-            blob = subprocess.run(["git", "show", f"{R0_COMMIT}:{path}"], capture_output=True, check=True, cwd=ROOT)
+            blob = subprocess.run(["git", "show", f"{commit}:{path}"], capture_output=True, check=True, cwd=ROOT)
             (out / Path(path).name).write_bytes(blob.stdout)
     return out
+
+
+def _shipped_r16() -> str:
+    return str(_historic_adapter("r16-shipped-adapter", R16_COMMIT))
 
 
 def _evaluate(name: str, adapter: list[str], workers: int = 1) -> None:
