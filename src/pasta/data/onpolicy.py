@@ -22,7 +22,7 @@ from pathlib import Path
 from .distill import DistillStats, pending_prompts
 from ..eval.answer_stats import answer_stats, near_duplicate
 from ..jsonl import append_jsonl, done_keys, jsonl_lines
-from ..lang import OUTLINE_PREFIX, SyncMark, is_valid, to_structure, topic_key
+from ..lang import OUTLINE_PREFIX, Chunk, SyncMark, is_valid, to_structure, topic_key
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def copies_a_chunk(annotated: str, n: int = 8) -> bool:
     for part in parts:
         if isinstance(part, SyncMark):
             seen_sync = True
-        elif hasattr(part, "body"):
+        elif isinstance(part, Chunk):
             bodies.append(part.body)
         elif seen_sync:
             after_sync += part.text
