@@ -117,8 +117,7 @@ def run(name: str, threads: int = 1, workers: int = 1) -> None:
     if name in DECODING:
         trained = DECODING[name][1]  # "shipped-r16": the embedded r16 adapter, from git history
         folder = _shipped_r16() if trained == "shipped-r16" else str(ROOT / "runs" / "abl" / trained)
-        adapter = ["--adapter", folder]
-        _evaluate(name, [*adapter, *DECODING[name][2]], workers)
+        _evaluate(name, ["--adapter", folder, *DECODING[name][2]], workers)
         return
     if name in ONPOLICY:
         _, init, data, extra = ONPOLICY[name]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -19,8 +18,6 @@ from safetensors.torch import load_file, save_file
 
 RECORDS = ("adapter_config.json", "pasta_layout.json", "pasta_decoding.json", "sft_config.json", "data_stats.json",
            "training_log.csv", "loss.png")
-
-
 STAGE1_RECORDS = ("training_log.csv", "sft_config.json", "data_stats.json", "loss.png")
 
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 
-from pasta.data.distill import instruction_like, mix_prompts, select_prompts
+from pasta.data.distill import choose_prompts
 from pasta.data.onpolicy import OnPolicyConfig, generate, kept_rows
 from pasta.data.sources import load_examples
 
@@ -39,9 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        examples = [e for e in select_prompts(load_examples(args.source)) if instruction_like(e.prompt)]
-        random.Random(args.shuffle_seed).shuffle(examples)
-        examples = mix_prompts(examples, args.limit, args.list_share)
+        examples = choose_prompts(load_examples(args.source), instructions_only=True, shuffle_seed=args.shuffle_seed,
+                                  limit=args.limit, list_share=args.list_share)
         interp = Interpreter.from_pretrained(adapter=args.adapter or True)
         stats = generate(interp, examples, args.out, config, progress=not args.no_progress)
         print(f"on-policy: {stats.summary()}")

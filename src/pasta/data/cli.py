@@ -154,9 +154,7 @@ def add_distill_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    import random
-
-    from pasta.data.distill import DistillConfig, distill, instruction_like, mix_prompts, select_prompts, write_kept
+    from pasta.data.distill import DistillConfig, choose_prompts, distill, write_kept
     from pasta.data.sources import SourceStats, load_examples
 
     if args.limit is not None and args.limit < 0:
@@ -169,14 +167,8 @@ def run_distill(args: argparse.Namespace) -> int:
     config = DistillConfig(max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
                            max_batch=args.max_batch, dtype=args.dtype, max_repetition=args.max_repetition)
     stats_src = SourceStats()
-    examples = list(select_prompts(load_examples(args.source, stats=stats_src)))
-    if args.instructions_only:
-        examples = [e for e in examples if instruction_like(e.prompt)]
-    if args.shuffle_seed is not None:
-        random.Random(args.shuffle_seed).shuffle(examples)
-    if args.limit is not None:
-        examples = (mix_prompts(examples, args.limit, args.list_share) if args.list_share is not None
-                    else examples[: args.limit])
+    examples = choose_prompts(load_examples(args.source, stats=stats_src), instructions_only=args.instructions_only,
+                              shuffle_seed=args.shuffle_seed, limit=args.limit, list_share=args.list_share)
     stats = distill(examples, args.out, config, model=args.model, progress=not args.no_progress)
     print(f"source {args.source}: {stats_src.rows} rows, {stats_src.excluded_eval} eval prompts excluded")
     print(f"distill: {stats.summary()}")

@@ -28,7 +28,7 @@ from ..eval.answer_stats import repetition_rate
 from ..jsonl import append_jsonl, jsonl_lines
 from .sources import Example
 
-__all__ = ["DistillConfig", "DistillStats", "distill", "kept_rows", "instruction_like", "list_like", "mix_prompts", "select_prompts", "write_kept"]
+__all__ = ["DistillConfig", "DistillStats", "choose_prompts", "distill", "kept_rows", "instruction_like", "list_like", "mix_prompts", "select_prompts", "write_kept"]
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,22 @@ def _done_ids(path: Path) -> set[str]:
     if not path.is_file():
         return set()
     return {row["id"] for _, row in jsonl_lines(path) if isinstance(row, dict) and "id" in row}
+
+
+def choose_prompts(examples: Iterable[Example], *, instructions_only: bool = False, shuffle_seed: int | None = None,
+                   limit: int | None = None, list_share: float | None = None) -> list[Example]:
+    """The prompts to answer: `select_prompts`, optionally only instruction-like ones, shuffled with a seed, then the
+    first `limit` (with `list_share`: that share list-like, interleaved, see `mix_prompts`)."""
+    import random
+
+    chosen = list(select_prompts(examples))
+    if instructions_only:
+        chosen = [e for e in chosen if instruction_like(e.prompt)]
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(chosen)
+    if limit is not None:
+        chosen = mix_prompts(chosen, limit, list_share) if list_share is not None else chosen[:limit]
+    return chosen
 
 
 def pending_prompts(examples: Iterable[Example], done: set[str], row_id: Callable[[str], str],

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .distill import DistillStats, pending_prompts
-from ..eval.answer_stats import answer_stats, near_duplicate
+from ..eval.answer_stats import answer_stats, near_duplicate, word_ngrams
 from ..jsonl import append_jsonl, done_keys, jsonl_lines
 from ..lang import OUTLINE_PREFIX, Chunk, SyncMark, is_valid, to_structure, topic_key
 
@@ -29,7 +28,6 @@ log = logging.getLogger(__name__)
 # Guards whose correction leaves a clean answer (the outline ends early; a refused promise past the plan is gone and
 # the main thread syncs). Answers where any other guard fired are not trained on.
 CORRECTING_GUARDS = ("outline_repeat", "outline_done")
-_WORD_RE = re.compile(r"\w+(?:['\u2019]\w+)*")
 
 
 @dataclass
@@ -54,11 +52,6 @@ def row_id(prompt: str) -> str:
     return "onpolicy-" + hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
-def _grams(text: str, n: int) -> set[tuple[str, ...]]:
-    words = [w.casefold() for w in _WORD_RE.findall(text)]
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
 def copies_a_chunk(annotated: str, n: int = 8) -> bool:
     """The main thread's text after a `<sync/>` repeats a chunk (shares a word n-gram with a chunk's body): the
     default model sometimes restates the last chunk as its conclusion."""
@@ -73,8 +66,8 @@ def copies_a_chunk(annotated: str, n: int = 8) -> bool:
             bodies.append(part.body)
         elif seen_sync:
             after_sync += part.text
-    tail = _grams(after_sync, n)
-    return bool(tail) and any(tail & _grams(body, n) for body in bodies)
+    tail = set(word_ngrams(after_sync, n))
+    return bool(tail) and any(tail.intersection(word_ngrams(body, n)) for body in bodies)
 
 
 def outline_items(annotated: str) -> list[list[str]]:
@@ -145,8 +138,6 @@ def generate(interp, examples: Iterable, out_path: str | Path, config: OnPolicyC
     """Answer every example's prompt with `interp`'s model (its adapter, decoding conventions and guards), greedy,
     `config.max_batch` requests at a time on one engine; append one row per answer to `out_path` (a rerun skips
     answered prompts). Rows: {id, prompt, source, annotated, text, warnings, stats (pasta.eval.AnswerStats)}."""
-    import time
-
     from tqdm.auto import tqdm
 
     from ..decoding import DecodeLimits
@@ -161,7 +152,7 @@ def generate(interp, examples: Iterable, out_path: str | Path, config: OnPolicyC
     limits = DecodeLimits(max_new_tokens=config.max_new_tokens)
     bar = tqdm(total=len(todo), desc="on-policy", unit="answer", disable=not progress)
     pending = iter(todo)
-    running: dict[int, tuple] = {}
+    running: dict[int, tuple] = {}  # sequence id -> (example, sequence)
 
     def refill() -> None:
         while len(running) < config.max_batch:
@@ -169,12 +160,12 @@ def generate(interp, examples: Iterable, out_path: str | Path, config: OnPolicyC
             if item is None:
                 return
             seq = engine.add(Sequence(interp.start(item[1], limits=limits)))
-            running[seq.id] = (item[0], seq, time.perf_counter())
+            running[seq.id] = (item[0], seq)
 
     refill()
     while running:
         engine.step()
-        for key, (ex, seq, _) in list(running.items()):
+        for key, (ex, seq) in list(running.items()):
             if not seq.finished:
                 continue
             del running[key]

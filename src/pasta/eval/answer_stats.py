@@ -26,7 +26,7 @@ from difflib import SequenceMatcher
 
 from ..lang import Sync, parse, to_structure, topic_key
 
-__all__ = ["AnswerStats", "aggregate", "answer_stats", "leaked_tags", "near_duplicate", "repetition_rate"]
+__all__ = ["AnswerStats", "aggregate", "answer_stats", "leaked_tags", "near_duplicate", "repetition_rate", "word_ngrams"]
 
 _WORD_RE = re.compile(r"\w+(?:['\u2019]\w+)*")
 # Warnings that mean a tag the model wrote had no effect or was removed: the Pasta-Lang was not well formed.
@@ -44,10 +44,15 @@ def _words(text: str) -> list[str]:
     return [w.casefold() for w in _WORD_RE.findall(text)]
 
 
+def word_ngrams(text: str, n: int) -> list[tuple[str, ...]]:
+    """The word n-grams of `text`, casefolded, in order."""
+    words = _words(text)
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
 def repetition_rate(text: str, n: int = 4) -> float:
     """Fraction of the word n-grams of `text` that already occurred earlier in it (0 = no repeats; a loop -> 1)."""
-    words = _words(text)
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    grams = word_ngrams(text, n)
     if not grams:
         return 0.0
     return 1 - len(set(grams)) / len(grams)

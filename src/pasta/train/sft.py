@@ -217,11 +217,9 @@ def train_sft(config: SFTConfig, callbacks: list | None = None) -> Path:
         if recorded.is_file() and json.loads(recorded.read_text()) != asdict(config.layout):
             log.warning("%s was trained with layout %s; this run lays out examples with %s", folder,
                         recorded.read_text().strip(), asdict(config.layout))
-        # Trainable fp32 copies of the adapter's weights (the embedded adapter is stored in bf16).
-        model = PeftModel.from_pretrained(model, str(folder), is_trainable=True, autocast_adapter_dtype=True)
-        for param in model.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
+        # The LoRA layers are built in the base model's fp32 and the saved weights (bf16 for the embedded adapter)
+        # are copied into them: trainable fp32.
+        model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
     elif config.lora:
         from peft import LoraConfig, get_peft_model
 
