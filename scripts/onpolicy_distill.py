@@ -13,6 +13,7 @@ import sys
 from pasta.data.distill import choose_prompts
 from pasta.data.onpolicy import OnPolicyConfig, generate, kept_rows
 from pasta.data.sources import load_examples
+from pasta.lang import to_structure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,9 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="every answer (appended; a rerun resumes)")
     p.add_argument("--kept", help="write the answers worth training on here (SFT rows)")
     p.add_argument("--kept-only", action="store_true", help="only rebuild --kept from --out")
+    p.add_argument("--clean-only", action="store_true", help="keep no answer a guard corrected (OnPolicyConfig)")
+    p.add_argument("--one-item-per-chunk", action="store_true",
+                   help="keep no forked answer whose chunk goes on to a further numbered item")
+    p.add_argument("--forked-only", action="store_true",
+                   help="write only the kept answers that fork (an earlier round's plain answers are already learnt)")
+    p.add_argument("--min-fork-speedup", type=float, default=1.0,
+                   help="keep forked answers with at least this plain-text speedup (default 1.0: all)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    config = OnPolicyConfig(max_new_tokens=args.max_new_tokens, max_batch=args.max_batch)
+    config = OnPolicyConfig(max_new_tokens=args.max_new_tokens, max_batch=args.max_batch,
+                            keep_guarded=not args.clean_only, min_fork_speedup=args.min_fork_speedup,
+                            one_item_per_chunk=args.one_item_per_chunk)
     if not args.kept_only:
         import torch
 
@@ -45,10 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"on-policy: {stats.summary()}")
     if args.kept:
         rows, reasons = kept_rows(args.out, config)
+        if args.forked_only:
+            rows = [row for row in rows if to_structure(row["annotated"]).chunks]
         with open(args.kept, "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        print(f"kept {len(rows)} -> {args.kept}; {json.dumps(reasons, sort_keys=True)}")
+        left_out = " (plain answers left out: --forked-only)" if args.forked_only else ""
+        print(f"kept {len(rows)} -> {args.kept}{left_out}; {json.dumps(reasons, sort_keys=True)}")
     return 0
 
 

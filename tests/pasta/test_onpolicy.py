@@ -53,6 +53,25 @@ def test_answers_not_worth_training_on_say_why(row, reason):
     assert keep_reason(row) == reason
 
 
+def test_rejection_sampling_drops_guard_corrected_answers_slow_forks_and_run_on_chunks_when_asked():
+    corrected = _row(guards=["outline_repeat: outline item 'Food' repeats; outline ended"], theoretical_speedup=1.6)
+    strict = OnPolicyConfig(keep_guarded=False, min_fork_speedup=1.3)
+    assert keep_reason(corrected) is None
+    assert keep_reason(corrected, strict) == "guard corrected"
+    assert keep_reason(_row(theoretical_speedup=1.2)) is None
+    assert keep_reason(_row(theoretical_speedup=1.2), strict) == "slow fork"
+    assert keep_reason(_row(theoretical_speedup=1.3), strict) is None
+    assert keep_reason(_row(), strict) == "slow fork"  # no speedup recorded: no evidence the fork pays
+    assert keep_reason(_row("Just a plain answer.", reaches_sync=None), strict) is None  # plain answers stay
+    runs_on = _row(GOOD.replace("every night.</async>", "every night.\n2. Food: eat well.</async>"))
+    assert keep_reason(runs_on) is None
+    assert keep_reason(runs_on, OnPolicyConfig(one_item_per_chunk=True)) == "chunk writes a further item"
+    sub_list = _row(GOOD.replace("every night.</async>", "every night:\n- no screens\n- a dark room</async>"))
+    assert keep_reason(sub_list, OnPolicyConfig(one_item_per_chunk=True)) is None  # a chunk's own bullets are fine
+    with pytest.raises(ValueError, match="min_fork_speedup"):
+        OnPolicyConfig(min_fork_speedup=0.5)
+
+
 def test_a_conclusion_copies_a_chunk_only_with_a_long_shared_run_of_words():
     assert not copies_a_chunk(GOOD)
     assert copies_a_chunk(GOOD.replace("These habits", "Sleep: go to bed at the same time every night. These"))
