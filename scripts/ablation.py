@@ -121,12 +121,12 @@ DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequ
 def run(name: str, threads: int = 1, workers: int = 1) -> None:
     if name in DECODING:
         trained = DECODING[name][1]  # "shipped-r16": the embedded r16 adapter, from git history
-        folder = _shipped_r16() if trained == "shipped-r16" else str(ROOT / "runs" / "abl" / trained)
+        folder = _shipped(trained) if trained in SHIPPED else str(ROOT / "runs" / "abl" / trained)
         _evaluate(name, ["--adapter", folder, *DECODING[name][2]], workers)
         return
     if name in ONPOLICY:
         _, init, data, extra = ONPOLICY[name]
-        init = {"shipped-r16": _shipped_r16, "shipped-r17": _shipped_r17}[init]() if init.startswith("shipped") else init
+        init = _shipped(init) if init in SHIPPED else init
         out = ROOT / "runs" / "abl" / name
         subprocess.run([PY, "-m", "pasta.cli", "train", "sft", "--init-adapter", init, "--data", *data, "--out",
                         str(out), *COMMON, *extra, "--threads", str(threads)], check=True, cwd=ROOT)
@@ -160,6 +160,8 @@ def run(name: str, threads: int = 1, workers: int = 1) -> None:
 R0_COMMIT = "e86f3e8^"  # the last commit whose embedded default adapter was r0 (r3 replaced it, then r16, r17)
 R16_COMMIT = "504deb8b6d"  # the last commit whose embedded default adapter was r16 (bf16; r17 replaced it)
 R17_COMMIT = "c7a9a97"  # a commit whose embedded default adapter was r17
+# Adapters the rows name by what was shipped: name -> (folder under runs/abl, commit it is restored from).
+SHIPPED = {"shipped-r16": ("r16-shipped-adapter", R16_COMMIT), "shipped-r17": ("r17-shipped-adapter", R17_COMMIT)}
 
 
 def _r0_adapter() -> Path:
@@ -180,12 +182,9 @@ def _historic_adapter(name: str, commit: str) -> Path:
     return out
 
 
-def _shipped_r16() -> str:
-    return str(_historic_adapter("r16-shipped-adapter", R16_COMMIT))
-
-
-def _shipped_r17() -> str:
-    return str(_historic_adapter("r17-shipped-adapter", R17_COMMIT))
+def _shipped(name: str) -> str:
+    """An adapter of SHIPPED, restored from git history."""
+    return str(_historic_adapter(*SHIPPED[name]))
 
 
 def _evaluate(name: str, adapter: list[str], workers: int = 1) -> None:

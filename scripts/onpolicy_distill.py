@@ -13,7 +13,6 @@ import sys
 from pasta.data.distill import choose_prompts
 from pasta.data.onpolicy import OnPolicyConfig, generate, kept_rows
 from pasta.data.sources import load_examples
-from pasta.lang import to_structure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     config = OnPolicyConfig(max_new_tokens=args.max_new_tokens, max_batch=args.max_batch,
                             keep_guarded=not args.clean_only, min_fork_speedup=args.min_fork_speedup,
-                            one_item_per_chunk=args.one_item_per_chunk)
+                            one_item_per_chunk=args.one_item_per_chunk, keep_plain=not args.forked_only)
     if not args.kept_only:
         import torch
 
@@ -55,13 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"on-policy: {stats.summary()}")
     if args.kept:
         rows, reasons = kept_rows(args.out, config)
-        if args.forked_only:
-            rows = [row for row in rows if to_structure(row["annotated"]).chunks]
         with open(args.kept, "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        left_out = " (plain answers left out: --forked-only)" if args.forked_only else ""
-        print(f"kept {len(rows)} -> {args.kept}{left_out}; {json.dumps(reasons, sort_keys=True)}")
+        print(f"kept {len(rows)} -> {args.kept}; {json.dumps(reasons, sort_keys=True)}")
     return 0
 
 

@@ -53,7 +53,7 @@ def test_answers_not_worth_training_on_say_why(row, reason):
     assert keep_reason(row) == reason
 
 
-def test_rejection_sampling_drops_guard_corrected_answers_slow_forks_and_run_on_chunks_when_asked():
+def test_rejection_sampling_drops_guard_corrected_answers_slow_forks_run_on_chunks_and_plain_answers_when_asked():
     corrected = _row(guards=["outline_repeat: outline item 'Food' repeats; outline ended"], theoretical_speedup=1.6)
     strict = OnPolicyConfig(keep_guarded=False, min_fork_speedup=1.3)
     assert keep_reason(corrected) is None
@@ -63,6 +63,9 @@ def test_rejection_sampling_drops_guard_corrected_answers_slow_forks_and_run_on_
     assert keep_reason(_row(theoretical_speedup=1.3), strict) is None
     assert keep_reason(_row(), strict) == "slow fork"  # no speedup recorded: no evidence the fork pays
     assert keep_reason(_row("Just a plain answer.", reaches_sync=None), strict) is None  # plain answers stay
+    forks_only = OnPolicyConfig(keep_plain=False)
+    assert keep_reason(_row("Just a plain answer.", reaches_sync=None), forks_only) == "plain left out"
+    assert keep_reason(_row(), forks_only) is None
     runs_on = _row(GOOD.replace("every night.</async>", "every night.\n2. Food: eat well.</async>"))
     assert keep_reason(runs_on) is None
     assert keep_reason(runs_on, OnPolicyConfig(one_item_per_chunk=True)) == "chunk writes a further item"

@@ -48,6 +48,7 @@ class OnPolicyConfig:
     # True: a chunk may not go on to a further numbered item ('...</async>' after '\n5. Python: ...'): the next item is
     # its own chunk's (r16's round: 15 of 66 clean fast forks did, the README's worked example too).
     one_item_per_chunk: bool = False
+    keep_plain: bool = True  # False: only forked answers are kept (an earlier round's plain answers are already learnt)
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "max_batch", "max_prompt_tokens", "min_chunks", "copy_ngram"):
@@ -148,6 +149,8 @@ def keep_reason(row: dict, config: OnPolicyConfig = OnPolicyConfig()) -> str | N
             return "outline repeats an item"
         if outlines and sum(len(items) for items in outlines) != len(chunks):
             return "outline and promises differ"
+    elif not config.keep_plain:
+        return "plain left out"
     return None
 
 
