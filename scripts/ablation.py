@@ -110,9 +110,9 @@ ONPOLICY: dict[str, tuple[str, str, list[str], list[str]]] = {
                      "2 epochs at lr 2e-4", "shipped-r16", ["data/sft-onpolicy-r16.jsonl"],
                      ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"]),
     "r18-onpolicy-strict": ("a second round on r17, rejection sampling: r17's own answers to 640 other ShareGPT "
-                            "instructions plus round 1's forks, kept only when no guard touched them, the fork saves "
-                            ">= 1.3x and no chunk runs on into the next item (round 1's plain answers not repeated)",
-                            "shipped-r17", ["data/sft-onpolicy-r17.jsonl", "data/sft-onpolicy-r16-forks.jsonl"],
+                            "instructions (shuffle seed 2), kept only when no guard touched them, the fork saves "
+                            ">= 1.3x and no chunk runs on into the next item",
+                            "shipped-r17", ["data/sft-onpolicy-r17.jsonl"],
                             ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"]),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]

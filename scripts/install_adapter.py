@@ -1,10 +1,12 @@
 """Install a trained adapter as the embedded default: copy it as bf16 (half the size; decoding merges it into the
 base model) with its layout, decoding conventions and training records into src/pasta/assets/default-adapter,
-keeping the data card (README.md) that is there. With --keep-as-stage1 the records of the adapter being replaced
-(the Stage-1 run a further round started from) stay beside the new ones as stage1_*.
+keeping the data card (README.md) that is there. With --keep-as PREFIX the records of the adapter being replaced
+(the run a further round started from) stay beside the new ones as PREFIX_*, and so do the records earlier installs
+kept (stage1_* when a second round replaces the first); --keep-as-stage1 is --keep-as stage1.
 
     python scripts/install_adapter.py runs/default-sft
     python scripts/install_adapter.py runs/default-onpolicy --keep-as-stage1
+    python scripts/install_adapter.py runs/default-onpolicy2 --keep-as round1
 """
 
 from __future__ import annotations
@@ -21,15 +23,23 @@ RECORDS = ("adapter_config.json", "pasta_layout.json", "pasta_decoding.json", "s
 STAGE1_RECORDS = ("training_log.csv", "sft_config.json", "data_stats.json", "loss.png")
 
 
-def install(out: Path, dest: Path, keep_as_stage1: bool = False) -> None:
+def install(out: Path, dest: Path, keep_as: str | None = None) -> None:
     missing = [name for name in ("adapter_model.safetensors", *RECORDS) if not (out / name).is_file()]
     if missing:
         raise SystemExit(f"{out}: not a finished `pasta train sft` run (missing {', '.join(missing)})")
     card = dest / "README.md"
     keep = card.read_text() if card.is_file() else None
-    stage1 = {}
-    if keep_as_stage1:
-        stage1 = {f"stage1_{name}": (dest / name).read_bytes() for name in STAGE1_RECORDS if (dest / name).is_file()}
+    kept = {}
+    if keep_as:
+        if not keep_as.isidentifier() or "_" in keep_as:
+            raise SystemExit(f"--keep-as {keep_as!r}: use a short name without underscores, e.g. stage1 or round1")
+        # Records earlier installs kept (PREFIX_name) first, then the replaced adapter's own under the new prefix.
+        kept = {path.name: path.read_bytes() for path in sorted(dest.glob("*_*"))
+                if path.is_file() and path.name.split("_", 1)[1] in STAGE1_RECORDS and path.name not in RECORDS}
+        clash = [name for name in kept if name.startswith(f"{keep_as}_")]
+        if clash:
+            raise SystemExit(f"{dest} already keeps {', '.join(clash)}: pick another --keep-as prefix")
+        kept |= {f"{keep_as}_{name}": (dest / name).read_bytes() for name in STAGE1_RECORDS if (dest / name).is_file()}
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     weights = load_file(out / "adapter_model.safetensors")
@@ -41,7 +51,7 @@ def install(out: Path, dest: Path, keep_as_stage1: bool = False) -> None:
     (dest / "adapter_config.json").write_text(json.dumps(config, indent=2))
     if keep is not None:
         card.write_text(keep)
-    for name, data in stage1.items():
+    for name, data in kept.items():
         (dest / name).write_bytes(data)
 
 
@@ -52,8 +62,10 @@ if __name__ == "__main__":
     parser.add_argument("run", help="a finished `pasta train sft` output folder")
     parser.add_argument("--dest", default=str(Path(__file__).resolve().parent.parent / "src" / "pasta" / "assets"
                                               / "default-adapter"))
-    parser.add_argument("--keep-as-stage1", action="store_true",
-                        help="keep the replaced adapter's training records as stage1_*")
+    keep = parser.add_mutually_exclusive_group()
+    keep.add_argument("--keep-as", metavar="PREFIX", help="keep the replaced adapter's training records as PREFIX_*")
+    keep.add_argument("--keep-as-stage1", action="store_const", const="stage1", dest="keep_as",
+                      help="the same as --keep-as stage1")
     args = parser.parse_args()
-    install(Path(args.run), Path(args.dest), args.keep_as_stage1)
+    install(Path(args.run), Path(args.dest), args.keep_as)
     print(f"adapter {args.run} installed in {args.dest}")

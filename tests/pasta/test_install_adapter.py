@@ -1,0 +1,51 @@
+"""scripts/install_adapter.py: a further round keeps every earlier round's records, and never overwrites them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "install_adapter.py"
+spec = importlib.util.spec_from_file_location("install_adapter", SCRIPT)
+install_adapter = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(install_adapter)
+
+
+def _run(folder: Path, tag: str) -> Path:
+    folder.mkdir(parents=True)
+    save_file({"lora_A": torch.ones(2, 2)}, folder / "adapter_model.safetensors")
+    for name in install_adapter.RECORDS:
+        content = json.dumps({"base_model_name_or_path": "/cache/x"}) if name == "adapter_config.json" else tag
+        (folder / name).write_text(content)
+    return folder
+
+
+def test_second_round_keeps_stage1_and_round1_records(tmp_path):
+    dest = tmp_path / "default-adapter"
+    install_adapter.install(_run(tmp_path / "r16", "r16"), dest)
+    (dest / "README.md").write_text("card")
+    install_adapter.install(_run(tmp_path / "r17", "r17"), dest, keep_as="stage1")
+    install_adapter.install(_run(tmp_path / "r18", "r18"), dest, keep_as="round1")
+    assert (dest / "sft_config.json").read_text() == "r18"
+    assert (dest / "stage1_sft_config.json").read_text() == "r16"
+    assert (dest / "round1_sft_config.json").read_text() == "r17"
+    assert (dest / "round1_training_log.csv").read_text() == "r17"
+    assert (dest / "README.md").read_text() == "card"
+    assert json.loads((dest / "adapter_config.json").read_text())["base_model_name_or_path"] == "default"
+    # A plain install (a fresh Stage 1) keeps no earlier round's records.
+    install_adapter.install(_run(tmp_path / "fresh", "fresh"), dest)
+    assert not list(dest.glob("stage1_*")) and not list(dest.glob("round1_*"))
+
+
+def test_reusing_a_prefix_is_refused_before_anything_is_touched(tmp_path):
+    dest = tmp_path / "default-adapter"
+    install_adapter.install(_run(tmp_path / "a", "a"), dest)
+    install_adapter.install(_run(tmp_path / "b", "b"), dest, keep_as="stage1")
+    with pytest.raises(SystemExit, match="already keeps stage1_"):
+        install_adapter.install(_run(tmp_path / "c", "c"), dest, keep_as="stage1")
+    assert (dest / "sft_config.json").read_text() == "b" and (dest / "stage1_sft_config.json").read_text() == "a"
