@@ -114,6 +114,11 @@ ONPOLICY: dict[str, tuple[str, str, list[str], list[str]]] = {
                             ">= 1.3x and no chunk runs on into the next item",
                             "shipped-r17", ["data/sft-onpolicy-r17.jsonl"],
                             ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"]),
+    "r19-onpolicy-fallback": ("r18 plus a plain target for every prompt on which r17 forked and a guard stepped in: "
+                              "the base model's own plain answer to it, kept when it ends by EOS and repeats little "
+                              "(scripts/onpolicy_distill.py --fallback-out/--fallback-kept)",
+                              "shipped-r17", ["data/sft-onpolicy-r17.jsonl", "data/sft-fallback-r17.jsonl"],
+                              ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"]),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 

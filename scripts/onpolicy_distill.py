@@ -2,6 +2,9 @@
 (guards on) to ShareGPT instructions, then the kept ones as SFT rows.
 
     python scripts/onpolicy_distill.py --limit 640 --out data/onpolicy-r16.jsonl --kept data/sft-onpolicy-r16.jsonl
+
+With --fallback-out/--fallback-kept it also answers, with the base model and no tags, every prompt on which the model
+forked and a guard stepped in, and writes those plain answers as SFT rows (a target that says "do not fork here").
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 import sys
 
 from pasta.data.distill import choose_prompts
-from pasta.data.onpolicy import OnPolicyConfig, generate, kept_rows
+from pasta.data.onpolicy import OnPolicyConfig, generate, guarded_fork_prompts, kept_rows, plain_fallback_rows
 from pasta.data.sources import load_examples
 
 
@@ -35,8 +38,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="write only the kept answers that fork (an earlier round's plain answers are already learnt)")
     p.add_argument("--min-fork-speedup", type=float, default=1.0,
                    help="keep forked answers with at least this plain-text speedup (default 1.0: all)")
+    p.add_argument("--fallback-out", help="plain base-model answers to the guarded-fork prompts (appended; resumes)")
+    p.add_argument("--fallback-kept", help="write those plain answers as SFT rows here (needs --fallback-out)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.fallback_kept and not args.fallback_out:
+        p.error("--fallback-kept needs --fallback-out (where the plain answers are)")
     config = OnPolicyConfig(max_new_tokens=args.max_new_tokens, max_batch=args.max_batch,
                             keep_guarded=not args.clean_only, min_fork_speedup=args.min_fork_speedup,
                             one_item_per_chunk=args.one_item_per_chunk, keep_plain=not args.forked_only)
@@ -58,6 +65,20 @@ def main(argv: list[str] | None = None) -> int:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         print(f"kept {len(rows)} -> {args.kept}; {json.dumps(reasons, sort_keys=True)}")
+    if args.fallback_out:
+        prompts = guarded_fork_prompts(args.out)
+        if not args.kept_only:
+            from pasta.data.distill import DistillConfig, distill
+
+            stats = distill(prompts, args.fallback_out, DistillConfig(max_new_tokens=400, max_batch=32),
+                            progress=not args.no_progress)
+            print(f"plain fallback for {len(prompts)} guarded-fork prompts: {stats.summary()}")
+        if args.fallback_kept:
+            rows = plain_fallback_rows(args.fallback_out)
+            with open(args.fallback_kept, "w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            print(f"kept {len(rows)} plain answers of {len(prompts)} guarded-fork prompts -> {args.fallback_kept}")
     return 0
 
 

@@ -8,7 +8,8 @@ import json
 import pytest
 from tiny import ByteTokenizer, tiny_model
 
-from pasta.data.onpolicy import OnPolicyConfig, copies_a_chunk, generate, keep_reason, kept_rows
+from pasta.data.onpolicy import (OnPolicyConfig, copies_a_chunk, generate, guarded_fork_prompts, keep_reason, kept_rows,
+                                 plain_fallback_rows)
 from pasta.data.sources import Example
 from pasta.decoding import DecodeLimits
 from pasta.interpreter import Interpreter
@@ -107,3 +108,26 @@ def test_generate_writes_what_the_interpreter_decodes_alone_and_resumes(tmp_path
         assert row["stats"]["finish_reason"] == alone.stats.finish_reason
     with pytest.raises(ValueError, match="max_batch"):
         OnPolicyConfig(max_batch=0)
+
+
+def test_guarded_forks_get_a_plain_fallback_target_and_nothing_else_does(tmp_path):
+    answers = tmp_path / "onpolicy.jsonl"
+    rows = [
+        {**_row(promises=2, guards=["outline_repeat: outline item 'Food' repeats; outline ended"]), "prompt": "A?"},
+        {**_row(promises=2, guards=["repeated_topic: 'Sleep'"], finish_reason="length"), "prompt": "B?"},
+        {**_row(promises=2), "prompt": "C?"},  # a clean fork: no fallback needed
+        {**_row("Plain.", promises=0, guards=["idle_sync: <sync/> repeated"]), "prompt": "D?"},  # never forked
+        {**_row(promises=2, guards=["outline_done: x"]), "prompt": "A?"},  # a prompt counts once
+    ]
+    answers.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    assert [e.prompt for e in guarded_fork_prompts(answers)] == ["A?", "B?"]
+    distilled = tmp_path / "fallback.jsonl"
+    plain = [("A?", "Sleep well and eat vegetables.", "eos", 0.0),
+             ("B?", "Sleep and sleep and sleep and sleep and sleep and sleep and sleep.", "eos", 0.6),  # repetitive
+             ("E?", "An unfinished", "length", 0.0),
+             ("F?", 'Tips <promise topic="1/1 x" tokens="3"/><async>y</async><sync/>', "eos", 0.0)]  # not plain
+    distilled.write_text("".join(json.dumps({"id": f"distill-{i}", "prompt": q, "response": a, "finish": f,
+                                             "repetition": r, "source": "self-distill:x"}) + "\n"
+                                 for i, (q, a, f, r) in enumerate(plain)))
+    assert plain_fallback_rows(distilled) == [{"id": "fallback-0", "prompt": "A?", "source": "plain-fallback:self-distill:x",
+                                               "annotated": "Sleep well and eat vegetables."}]

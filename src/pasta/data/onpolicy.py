@@ -224,3 +224,37 @@ def kept_rows(path: str | Path, config: OnPolicyConfig = OnPolicyConfig()) -> tu
             reason = "kept (forked)" if to_structure(kept[-1]["annotated"]).chunks else "kept (plain)"
         reasons[reason] = reasons.get(reason, 0) + 1
     return kept, reasons
+
+
+def guarded_fork_prompts(path: str | Path) -> list:
+    """The prompts of `path` on which the model forked and a guard had to step in, as `Example`s (response empty).
+
+    Rejection sampling alone drops these answers, so the model sees nothing about these prompts and keeps forking on
+    them. A plain answer to the same prompt (`plain_fallback_rows`) is the target that says: do not fork here."""
+    from .sources import Example
+
+    examples, seen = [], set()
+    for line_no, row in jsonl_lines(path):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            log.warning("%s:%d: not an on-policy answer row; skipped", path, line_no)
+            continue
+        stats = row.get("stats") or {}
+        if stats.get("promises", 0) > 0 and stats.get("guards") and row["prompt"] not in seen:
+            seen.add(row["prompt"])
+            examples.append(Example(id=row_id(row["prompt"]), prompt=row["prompt"], response="",
+                                    source=row.get("source", "onpolicy")))
+    return examples
+
+
+def plain_fallback_rows(distilled_path: str | Path, max_repetition: float = 0.25) -> list[dict]:
+    """SFT rows {id, prompt, annotated, source} from plain answers (`pasta.data.distill` rows) to guarded-fork
+    prompts: kept when they ended by EOS, repeat little and hold no Pasta-Lang tag; the text is the target as is."""
+    from .distill import DistillConfig, kept_rows as distilled_kept
+
+    rows = []
+    for row in distilled_kept(distilled_path, DistillConfig(max_repetition=max_repetition)):
+        text = row["response"].strip()
+        if to_structure(text).chunks or "<sync/>" in text or "<promise" in text or "<async>" in text:
+            continue
+        rows.append({"id": "fallback-" + str(row["id"]).removeprefix("distill-"), "prompt": row["prompt"], "annotated": text, "source": "plain-fallback:" + str(row.get("source"))})
+    return rows
