@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="write only the kept answers that fork (an earlier round's plain answers are already learnt)")
     p.add_argument("--min-fork-speedup", type=float, default=1.0,
                    help="keep forked answers with at least this plain-text speedup (default 1.0: all)")
+    p.add_argument("--drop-evasive", action="store_true",
+                   help="keep no answer that declines or stalls in its first sentences (pasta.data.onpolicy.EVASIVE)")
     p.add_argument("--fallback-out", help="plain base-model answers to the guarded-fork prompts (appended; resumes)")
     p.add_argument("--fallback-kept", help="write those plain answers as SFT rows here (needs --fallback-out)")
     p.add_argument("--no-progress", action="store_true")
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--fallback-kept needs --fallback-out (where the plain answers are)")
     config = OnPolicyConfig(max_new_tokens=args.max_new_tokens, max_batch=args.max_batch,
                             keep_guarded=not args.clean_only, min_fork_speedup=args.min_fork_speedup,
-                            one_item_per_chunk=args.one_item_per_chunk, keep_plain=not args.forked_only)
+                            one_item_per_chunk=args.one_item_per_chunk, keep_plain=not args.forked_only,
+                            drop_evasive=args.drop_evasive)
     if not args.kept_only:
         import torch
 
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                             progress=not args.no_progress)
             print(f"plain fallback for {len(prompts)} guarded-fork prompts: {stats.summary()}")
         if args.fallback_kept:
-            rows = plain_fallback_rows(args.fallback_out)
+            rows = plain_fallback_rows(args.fallback_out, drop_evasive=args.drop_evasive)
             with open(args.fallback_kept, "w", encoding="utf-8") as f:
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")

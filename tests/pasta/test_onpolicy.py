@@ -125,9 +125,24 @@ def test_guarded_forks_get_a_plain_fallback_target_and_nothing_else_does(tmp_pat
     plain = [("A?", "Sleep well and eat vegetables.", "eos", 0.0),
              ("B?", "Sleep and sleep and sleep and sleep and sleep and sleep and sleep.", "eos", 0.6),  # repetitive
              ("E?", "An unfinished", "length", 0.0),
-             ("F?", 'Tips <promise topic="1/1 x" tokens="3"/><async>y</async><sync/>', "eos", 0.0)]  # not plain
+             ("F?", 'Tips <promise topic="1/1 x" tokens="3"/><async>y</async><sync/>', "eos", 0.0),  # not plain
+             ("G?", "I'm sorry, but as a chatbot I don't have the capability to do that.", "eos", 0.0)]  # evasive
     distilled.write_text("".join(json.dumps({"id": f"distill-{i}", "prompt": q, "response": a, "finish": f,
                                              "repetition": r, "source": "self-distill:x"}) + "\n"
                                  for i, (q, a, f, r) in enumerate(plain)))
-    assert plain_fallback_rows(distilled) == [{"id": "fallback-0", "prompt": "A?", "source": "plain-fallback:self-distill:x",
+    assert [r["prompt"] for r in plain_fallback_rows(distilled)] == ["A?", "G?"]
+    assert plain_fallback_rows(distilled, drop_evasive=True) == [{"id": "fallback-0", "prompt": "A?", "source": "plain-fallback:self-distill:x",
                                                "annotated": "Sleep well and eat vegetables."}]
+
+
+@pytest.mark.parametrize("text, is_evasive", [
+    ("I'm sorry for any confusion, but as a chatbot designed to assist with cooking, I can't provide that.", True),
+    ("I'm ready to help. What's your question?", True),
+    ("As an AI language model, I do not have the ability to browse.", True),
+    ("Here are three tips: sleep, food and walks.", False),
+    ("Dear Sam,\n\nThank you for the lovely dinner. " + "We talked for hours. " * 20 + "I'm sorry I left early.", False),
+])
+def test_evasive_answers_are_dropped_only_when_asked(text, is_evasive):
+    row = _row(text, reaches_sync=None)
+    assert keep_reason(row) is None
+    assert keep_reason(row, OnPolicyConfig(drop_evasive=True)) == ("evasive" if is_evasive else None)

@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 # the main thread syncs). Answers where any other guard fired are not trained on.
 CORRECTING_GUARDS = ("outline_repeat", "outline_done")
 NUMBERED_ITEM = re.compile(r"\n\s*\d+[.)] ")  # a numbered list item starting a line
+# An answer that declines or stalls instead of answering ("I'm sorry, but as a chatbot I don't have the capability",
+# "I'm ready to help. What's your question?"). Such answers finish early and repeat little, so the other filters keep
+# them: 12 of the 47 plain answers round 2 kept on r17 were one, and the model trained on them refused more.
+EVASIVE = re.compile(r"I'm sorry|I apologi[sz]e|\bas an? (?:AI|chatbot|language model)\b|I'm (?:ready|here) to (?:help|assist)"
+                     r"|I (?:don't|do not) have the (?:capability|ability)|I'm (?:unable|not able) to|I can(?:no|')t (?:help|assist|provide)",
+                     re.IGNORECASE)
 
 
 @dataclass
@@ -49,6 +55,7 @@ class OnPolicyConfig:
     # its own chunk's (r16's round: 15 of 66 clean fast forks did, the README's worked example too).
     one_item_per_chunk: bool = False
     keep_plain: bool = True  # False: only forked answers are kept (an earlier round's plain answers are already learnt)
+    drop_evasive: bool = False  # True: an answer that declines or stalls in its first sentences (EVASIVE) is not kept
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "max_batch", "max_prompt_tokens", "min_chunks", "copy_ngram"):
@@ -59,6 +66,11 @@ class OnPolicyConfig:
             raise ValueError(f"max_repetition must be in [0, 1], got {self.max_repetition!r}")
         if not self.min_fork_speedup >= 1.0:
             raise ValueError(f"min_fork_speedup must be at least 1.0, got {self.min_fork_speedup!r}")
+
+
+def evasive(text: str, head_chars: int = 300) -> bool:
+    """Whether an answer declines or stalls within its first `head_chars` characters (see EVASIVE)."""
+    return EVASIVE.search(text[:head_chars]) is not None
 
 
 def row_id(prompt: str) -> str:
@@ -127,6 +139,8 @@ def keep_reason(row: dict, config: OnPolicyConfig = OnPolicyConfig()) -> str | N
         return "invalid Pasta-Lang"
     if stats.get("repetition", 1.0) > config.max_repetition:
         return "repetitive"
+    if config.drop_evasive and evasive(annotated):
+        return "evasive"
     chunks = to_structure(annotated).chunks
     if chunks:
         if len(chunks) < config.min_chunks:
@@ -246,15 +260,19 @@ def guarded_fork_prompts(path: str | Path) -> list:
     return examples
 
 
-def plain_fallback_rows(distilled_path: str | Path, max_repetition: float = 0.25) -> list[dict]:
+def plain_fallback_rows(distilled_path: str | Path, max_repetition: float = 0.25,
+                        drop_evasive: bool = False) -> list[dict]:
     """SFT rows {id, prompt, annotated, source} from plain answers (`pasta.data.distill` rows) to guarded-fork
-    prompts: kept when they ended by EOS, repeat little and hold no Pasta-Lang tag; the text is the target as is."""
+    prompts: kept when they ended by EOS, repeat little, hold no Pasta-Lang tag and, with `drop_evasive`, do not
+    decline or stall (16 of the 38 that row r19 trained on did); the text is the target as is."""
     from .distill import DistillConfig, kept_rows as distilled_kept
 
     rows = []
     for row in distilled_kept(distilled_path, DistillConfig(max_repetition=max_repetition)):
         text = row["response"].strip()
         if to_structure(text).chunks or "<sync/>" in text or "<promise" in text or "<async>" in text:
+            continue
+        if drop_evasive and evasive(text):
             continue
         rows.append({"id": "fallback-" + str(row["id"]).removeprefix("distill-"), "prompt": row["prompt"], "annotated": text, "source": "plain-fallback:" + str(row.get("source"))})
     return rows
