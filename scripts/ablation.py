@@ -119,6 +119,11 @@ ONPOLICY: dict[str, tuple[str, str, list[str], list[str]]] = {
                               "(scripts/onpolicy_distill.py --fallback-out/--fallback-kept)",
                               "shipped-r17", ["data/sft-onpolicy-r17.jsonl", "data/sft-fallback-r17.jsonl"],
                               ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"]),
+    "r20-onpolicy-best-of-4": ("r18 without refusals (--drop-evasive) plus, for each prompt on which r17 forked and a "
+                               "guard stepped in, the fastest clean fork among 4 answers sampled at temperature 0.7, "
+                               "top-p 0.9 (--guarded-prompts-of --samples 4 --best-per-prompt --forked-only)",
+                               "shipped-r17", ["data/sft-onpolicy-r17-noevasive.jsonl", "data/sft-sampled-r17.jsonl"],
+                               ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"]),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 

@@ -38,6 +38,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="write only the kept answers that fork (an earlier round's plain answers are already learnt)")
     p.add_argument("--min-fork-speedup", type=float, default=1.0,
                    help="keep forked answers with at least this plain-text speedup (default 1.0: all)")
+    p.add_argument("--guarded-prompts-of", metavar="ANSWERS",
+                   help="answer only the prompts on which an earlier run (its --out) forked and a guard stepped in")
+    p.add_argument("--samples", type=int, default=1, help="answers per prompt (needs --temperature > 0)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--best-per-prompt", action="store_true",
+                   help="keep at most one answer per prompt: its fastest kept fork, else a kept plain one")
     p.add_argument("--drop-evasive", action="store_true",
                    help="keep no answer that declines or stalls in its first sentences (pasta.data.onpolicy.EVASIVE)")
     p.add_argument("--fallback-out", help="plain base-model answers to the guarded-fork prompts (appended; resumes)")
@@ -49,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     config = OnPolicyConfig(max_new_tokens=args.max_new_tokens, max_batch=args.max_batch,
                             keep_guarded=not args.clean_only, min_fork_speedup=args.min_fork_speedup,
                             one_item_per_chunk=args.one_item_per_chunk, keep_plain=not args.forked_only,
-                            drop_evasive=args.drop_evasive)
+                            drop_evasive=args.drop_evasive, samples=args.samples, temperature=args.temperature,
+                            top_p=args.top_p, seed=args.sample_seed, best_per_prompt=args.best_per_prompt)
     if not args.kept_only:
         import torch
 
@@ -57,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        examples = choose_prompts(load_examples(args.source), instructions_only=True, shuffle_seed=args.shuffle_seed,
-                                  limit=args.limit, list_share=args.list_share)
+        if args.guarded_prompts_of:
+            examples = guarded_fork_prompts(args.guarded_prompts_of)
+        else:
+            examples = choose_prompts(load_examples(args.source), instructions_only=True,
+                                      shuffle_seed=args.shuffle_seed, limit=args.limit, list_share=args.list_share)
         interp = Interpreter.from_pretrained(adapter=args.adapter or True)
         stats = generate(interp, examples, args.out, config, progress=not args.no_progress)
         print(f"on-policy: {stats.summary()}")

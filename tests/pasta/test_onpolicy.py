@@ -146,3 +146,40 @@ def test_evasive_answers_are_dropped_only_when_asked(text, is_evasive):
     row = _row(text, reaches_sync=None)
     assert keep_reason(row) is None
     assert keep_reason(row, OnPolicyConfig(drop_evasive=True)) == ("evasive" if is_evasive else None)
+
+
+def test_several_samples_per_prompt_are_seeded_resumable_and_reproducible(tmp_path):
+    interp = Interpreter(tiny_model(seed=3), ByteTokenizer(), limits=DecodeLimits(max_new_tokens=24))
+    examples = [Example(id=f"e{i}", prompt=f"question {i}?", response="", source="test") for i in range(2)]
+    config = OnPolicyConfig(max_new_tokens=24, max_batch=3, samples=3, temperature=1.0, seed=5)
+    out, again = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert generate(interp, examples[:1], out, config, progress=False).generated == 3
+    stats = generate(interp, examples, out, config, progress=False)
+    assert (stats.generated, stats.skipped_done) == (3, 1)
+    generate(interp, examples, again, OnPolicyConfig(max_new_tokens=24, max_batch=2, samples=3, temperature=1.0,
+                                                      seed=5), progress=False)
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert sorted(rows) == sorted(f"{q}-s{k}" for q in {r["id"].rsplit("-s", 1)[0] for r in rows.values()}
+                                  for k in range(3)) and len(rows) == 6
+    # Each sample's seed follows from (seed, sample, prompt), not from the batch it decoded in.
+    assert {r["id"]: r["annotated"] for r in map(json.loads, again.read_text().splitlines())} == \
+           {k: r["annotated"] for k, r in rows.items()}
+    assert len({r["annotated"] for r in rows.values() if r["prompt"] == "question 1?"}) > 1  # samples differ
+    with pytest.raises(ValueError, match="temperature"):
+        OnPolicyConfig(samples=2)
+
+
+def test_best_per_prompt_keeps_the_fastest_fork_else_a_plain_answer(tmp_path):
+    path = tmp_path / "sampled.jsonl"
+    rows = [
+        {**_row(theoretical_speedup=1.4), "prompt": "A?", "id": "a-s0"},
+        {**_row(theoretical_speedup=1.9), "prompt": "A?", "id": "a-s1"},
+        {**_row("Plain.", reaches_sync=None), "prompt": "A?", "id": "a-s2"},
+        {**_row("Plain B.", reaches_sync=None), "prompt": "B?", "id": "b-s0"},
+        {**_row(finish_reason="length"), "prompt": "B?", "id": "b-s1"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept, reasons = kept_rows(path, OnPolicyConfig(best_per_prompt=True))
+    assert [r["id"] for r in kept] == ["a-s1", "b-s0"]
+    assert reasons == {"kept (forked)": 1, "kept (plain)": 1, "not the prompt's best": 2, "truncated": 1}
+    assert len(kept_rows(path)[0]) == 4  # without it every clean answer is kept

@@ -23,6 +23,7 @@ from .distill import DistillStats, pending_prompts
 from ..eval.answer_stats import answer_stats, near_duplicate, word_ngrams
 from ..jsonl import append_jsonl, done_keys, jsonl_lines
 from ..lang import OUTLINE_PREFIX, Chunk, SyncMark, is_valid, to_structure, topic_key
+from ..sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,16 @@ class OnPolicyConfig:
     one_item_per_chunk: bool = False
     keep_plain: bool = True  # False: only forked answers are kept (an earlier round's plain answers are already learnt)
     drop_evasive: bool = False  # True: an answer that declines or stalls in its first sentences (EVASIVE) is not kept
+    # Best-of-n (RAFT with n > 1): `samples` answers per prompt at `temperature`/`top_p` (seeded per prompt and
+    # sample), and with best_per_prompt at most one kept answer per prompt: its fastest kept fork, else a kept plain one.
+    samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    best_per_prompt: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "max_batch", "max_prompt_tokens", "min_chunks", "copy_ngram"):
+        for name in ("max_new_tokens", "max_batch", "max_prompt_tokens", "min_chunks", "copy_ngram", "samples"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -66,6 +74,21 @@ class OnPolicyConfig:
             raise ValueError(f"max_repetition must be in [0, 1], got {self.max_repetition!r}")
         if not self.min_fork_speedup >= 1.0:
             raise ValueError(f"min_fork_speedup must be at least 1.0, got {self.min_fork_speedup!r}")
+        if self.samples > 1 and not self.temperature > 0:
+            raise ValueError(f"samples={self.samples} needs a temperature > 0 (greedy answers are all the same)")
+        SamplingParams(self.temperature, self.top_p)  # validates both
+
+
+def sample_id(prompt: str, sample: int, config: OnPolicyConfig) -> str:
+    """A row's id: the prompt's (row_id) for a single answer per prompt, with the sample number for several."""
+    return row_id(prompt) if config.samples == 1 else f"{row_id(prompt)}-s{sample}"
+
+
+def _sampling(prompt: str, sample: int, config: OnPolicyConfig) -> SamplingParams:
+    if config.temperature == 0:
+        return SamplingParams()
+    digest = hashlib.sha256(f"{config.seed}|{sample}|{prompt}".encode("utf-8")).digest()
+    return SamplingParams(config.temperature, config.top_p, seed=int.from_bytes(digest[:4], "big") >> 1)
 
 
 def evasive(text: str, head_chars: int = 300) -> bool:
@@ -182,25 +205,30 @@ def generate(interp, examples: Iterable, out_path: str | Path, config: OnPolicyC
     out.parent.mkdir(parents=True, exist_ok=True)
     done = done_keys([out]) if out.is_file() else set()
     stats = DistillStats()
-    todo = pending_prompts(examples, done, row_id, interp.prompt_ids, config.max_prompt_tokens, stats)
+    todo = []
+    for ex, ids in pending_prompts(examples, set(), row_id, interp.prompt_ids, config.max_prompt_tokens, stats):
+        left = [k for k in range(config.samples) if sample_id(ex.prompt, k, config) not in done]
+        stats.skipped_done += not left
+        todo += [(ex, ids, k) for k in left]
     engine = Engine(interp.model, EngineConfig(max_batch=config.max_batch), runner=interp.runner)
     limits = DecodeLimits(max_new_tokens=config.max_new_tokens)
     bar = tqdm(total=len(todo), desc="on-policy", unit="answer", disable=not progress)
     pending = iter(todo)
-    running: dict[int, tuple] = {}  # sequence id -> (example, sequence)
+    running: dict[int, tuple] = {}  # sequence id -> (example, sample number, sequence)
 
     def refill() -> None:
         while len(running) < config.max_batch:
             item = next(pending, None)
             if item is None:
                 return
-            seq = engine.add(Sequence(interp.start(item[1], limits=limits)))
-            running[seq.id] = (item[0], seq)
+            ex, ids, k = item
+            seq = engine.add(Sequence(interp.start(ids, limits=limits), sampling=_sampling(ex.prompt, k, config)))
+            running[seq.id] = (ex, k, seq)
 
     refill()
     while running:
         engine.step()
-        for key, (ex, seq) in list(running.items()):
+        for key, (ex, k, seq) in list(running.items()):
             if not seq.finished:
                 continue
             del running[key]
@@ -210,10 +238,12 @@ def generate(interp, examples: Iterable, out_path: str | Path, config: OnPolicyC
                 continue
             result = seq.result
             row = {
-                "id": row_id(ex.prompt), "prompt": ex.prompt, "source": f"onpolicy:{ex.source}",
+                "id": sample_id(ex.prompt, k, config), "prompt": ex.prompt, "source": f"onpolicy:{ex.source}",
                 "annotated": result.annotated, "text": result.text, "warnings": list(result.stats.warnings),
                 "stats": answer_stats(result, interp.tokenizer).to_dict(),
             }
+            if config.samples > 1:
+                row["sample"] = k
             append_jsonl(out, row)
             stats.generated += 1
             stats.finished += result.stats.finish_reason == "eos"
@@ -225,7 +255,7 @@ def generate(interp, examples: Iterable, out_path: str | Path, config: OnPolicyC
 def kept_rows(path: str | Path, config: OnPolicyConfig = OnPolicyConfig()) -> tuple[list[dict], dict[str, int]]:
     """The answers of `path` worth training on, as {id, prompt, annotated, source} rows, and why the others were
     not (reason -> count)."""
-    kept, reasons = [], {}
+    kept, reasons, speedups = [], {}, []
     for line_no, row in jsonl_lines(path):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
             log.warning("%s:%d: not an on-policy answer row; skipped", path, line_no)
@@ -235,8 +265,23 @@ def kept_rows(path: str | Path, config: OnPolicyConfig = OnPolicyConfig()) -> tu
         if reason is None:
             kept.append({"id": row["id"], "prompt": row["prompt"], "annotated": repaired(row["annotated"]),
                          "source": row.get("source", "onpolicy")})
+            speedups.append(((row.get("stats") or {}).get("theoretical_speedup") or 1.0))
             reason = "kept (forked)" if to_structure(kept[-1]["annotated"]).chunks else "kept (plain)"
         reasons[reason] = reasons.get(reason, 0) + 1
+    if config.best_per_prompt:
+        best: dict[str, int] = {}  # prompt -> index of its best kept answer (a fork beats a plain one, then speed)
+        for i, row in enumerate(kept):
+            rank = (bool(to_structure(row["annotated"]).chunks), speedups[i])
+            j = best.get(row["prompt"])
+            if j is None or rank > (bool(to_structure(kept[j]["annotated"]).chunks), speedups[j]):
+                best[row["prompt"]] = i
+        chosen = set(best.values())
+        for i, row in enumerate(kept):
+            if i not in chosen:
+                label = "kept (forked)" if to_structure(row["annotated"]).chunks else "kept (plain)"
+                reasons[label] -= 1
+                reasons["not the prompt's best"] = reasons.get("not the prompt's best", 0) + 1
+        kept = [row for i, row in enumerate(kept) if i in chosen]
     return kept, reasons
 
 
