@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-fork-speedup", type=float, default=1.0,
                    help="keep forked answers with at least this plain-text speedup (default 1.0: all)")
     p.add_argument("--guarded-prompts-of", metavar="ANSWERS",
-                   help="answer only the prompts on which an earlier run (its --out) forked and a guard stepped in")
+                   help="answer only the prompts on which an earlier run (its --out) forked and a guard stepped in "
+                        "(the first --limit of them, in that run's order)")
     p.add_argument("--samples", type=int, default=1, help="answers per prompt (needs --temperature > 0)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         if args.guarded_prompts_of:
-            examples = guarded_fork_prompts(args.guarded_prompts_of)
+            examples = guarded_fork_prompts(args.guarded_prompts_of)[: args.limit]
         else:
             examples = choose_prompts(load_examples(args.source), instructions_only=True,
                                       shuffle_seed=args.shuffle_seed, limit=args.limit, list_share=args.list_share)
