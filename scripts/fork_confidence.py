@@ -15,6 +15,7 @@ import math
 import torch
 
 from pasta.interpreter import Interpreter
+from pasta.jsonl import jsonl_lines
 from pasta.lang import OUTLINE_PREFIX
 
 
@@ -29,9 +30,9 @@ def main() -> None:
     tok, model = interp.tokenizer, interp.model
     overview = tok.encode(OUTLINE_PREFIX.split(":")[0], add_special_tokens=False)[0]
     points = []
-    with open(args.answers, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    for row in rows:
+    for _, row in jsonl_lines(args.answers):
+        if not isinstance(row, dict):
+            continue
         stats, annotated = row.get("stats"), row.get("annotated") or ""
         at = annotated.find(OUTLINE_PREFIX)
         if at < 0 or not isinstance(stats, dict):

@@ -35,7 +35,7 @@ def install(out: Path, dest: Path, keep_as: str | None = None) -> None:
             raise SystemExit(f"--keep-as {keep_as!r}: use a short name without underscores, e.g. stage1 or round1")
         # Records earlier installs kept (PREFIX_name) first, then the replaced adapter's own under the new prefix.
         kept = {path.name: path.read_bytes() for path in sorted(dest.glob("*_*"))
-                if path.is_file() and path.name.split("_", 1)[1] in STAGE1_RECORDS and path.name not in RECORDS}
+                if path.is_file() and path.name.split("_", 1)[1] in STAGE1_RECORDS}
         clash = [name for name in kept if name.startswith(f"{keep_as}_")]
         if clash:
             raise SystemExit(f"{dest} already keeps {', '.join(clash)}: pick another --keep-as prefix")

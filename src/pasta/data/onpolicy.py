@@ -255,7 +255,7 @@ def generate(interp, examples: Iterable, out_path: str | Path, config: OnPolicyC
 def kept_rows(path: str | Path, config: OnPolicyConfig = OnPolicyConfig()) -> tuple[list[dict], dict[str, int]]:
     """The answers of `path` worth training on, as {id, prompt, annotated, source} rows, and why the others were
     not (reason -> count)."""
-    kept, reasons, speedups = [], {}, []
+    kept, reasons, ranks = [], {}, []  # ranks: (forks, plain-text speedup) of each kept answer
     for line_no, row in jsonl_lines(path):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
             log.warning("%s:%d: not an on-policy answer row; skipped", path, line_no)
@@ -265,22 +265,20 @@ def kept_rows(path: str | Path, config: OnPolicyConfig = OnPolicyConfig()) -> tu
         if reason is None:
             kept.append({"id": row["id"], "prompt": row["prompt"], "annotated": repaired(row["annotated"]),
                          "source": row.get("source", "onpolicy")})
-            speedups.append(((row.get("stats") or {}).get("theoretical_speedup") or 1.0))
-            reason = "kept (forked)" if to_structure(kept[-1]["annotated"]).chunks else "kept (plain)"
+            forks = bool(to_structure(kept[-1]["annotated"]).chunks)
+            ranks.append((forks, (row.get("stats") or {}).get("theoretical_speedup") or 1.0))
+            reason = "kept (forked)" if forks else "kept (plain)"
         reasons[reason] = reasons.get(reason, 0) + 1
     if config.best_per_prompt:
         best: dict[str, int] = {}  # prompt -> index of its best kept answer (a fork beats a plain one, then speed)
         for i, row in enumerate(kept):
-            rank = (bool(to_structure(row["annotated"]).chunks), speedups[i])
             j = best.get(row["prompt"])
-            if j is None or rank > (bool(to_structure(kept[j]["annotated"]).chunks), speedups[j]):
+            if j is None or ranks[i] > ranks[j]:
                 best[row["prompt"]] = i
         chosen = set(best.values())
-        for i, row in enumerate(kept):
-            if i not in chosen:
-                label = "kept (forked)" if to_structure(row["annotated"]).chunks else "kept (plain)"
-                reasons[label] -= 1
-                reasons["not the prompt's best"] = reasons.get("not the prompt's best", 0) + 1
+        for i in set(range(len(kept))) - chosen:
+            reasons["kept (forked)" if ranks[i][0] else "kept (plain)"] -= 1
+            reasons["not the prompt's best"] = reasons.get("not the prompt's best", 0) + 1
         kept = [row for i, row in enumerate(kept) if i in chosen]
     return kept, reasons
 
@@ -311,13 +309,13 @@ def plain_fallback_rows(distilled_path: str | Path, max_repetition: float = 0.25
     prompts: kept when they ended by EOS, repeat little, hold no Pasta-Lang tag and, with `drop_evasive`, do not
     decline or stall (16 of the 38 that row r19 trained on did); the text is the target as is."""
     from .distill import DistillConfig, kept_rows as distilled_kept
+    from .finalize import has_pasta_tags
 
     rows = []
     for row in distilled_kept(distilled_path, DistillConfig(max_repetition=max_repetition)):
         text = row["response"].strip()
-        if to_structure(text).chunks or "<sync/>" in text or "<promise" in text or "<async>" in text:
+        if has_pasta_tags(text) or (drop_evasive and evasive(text)):
             continue
-        if drop_evasive and evasive(text):
-            continue
-        rows.append({"id": "fallback-" + str(row["id"]).removeprefix("distill-"), "prompt": row["prompt"], "annotated": text, "source": "plain-fallback:" + str(row.get("source"))})
+        rows.append({"id": "fallback-" + str(row["id"]).removeprefix("distill-"), "prompt": row["prompt"],
+                     "annotated": text, "source": "plain-fallback:" + str(row.get("source"))})
     return rows
