@@ -83,14 +83,23 @@ RUNS: dict[str, tuple[str, list[str], list[str]]] = {
     "r8-full-ft": ("r2 as a full fine-tune (lr 5e-5) instead of LoRA", SHAREGPT_V2,
                    ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--full", "--lr", "5e-5"]),
 }
-# Stage 2 rows: name -> (what it changes, `pasta train pref` arguments); evaluated like the Stage-1 rows.
-STAGE2: dict[str, tuple[str, list[str]]] = {
+# Stage 2 rows: name -> (what it changes, `pasta train pref` arguments[, extra bench arguments]); evaluated like the
+# Stage-1 rows. An argument naming a SHIPPED adapter ("shipped-r17") is its restored folder.
+STAGE2: dict[str, tuple] = {
     "s2-pref-r3": ("one Stage-2 round (BoNBoN, speed only: 48 ShareGPT prompts x 4 samples at T=0.8, 44 pairs, "
                    "lr 5e-5) on r3",
                    ["--prompts", "data/pref-prompts.jsonl", "--num-prompts", "48", "--adapter",
                     "runs/abl/r3-plain-self-long", "--n", "4", "--temperature", "0.8", "--top-p", "0.95",
                     "--max-new-tokens", "384", "--max-thread-tokens", "256", "--judge", "none", "--threads", "1",
                     "--lr", "5e-5", "--alpha", "0.5"]),
+    "r21-pref-corrections": ("one Stage-2 round on r17 from its guard corrections: 197 pairs of a corrected answer "
+                             "(chosen) against the model's own continuation where the outline guard stepped in "
+                             "(rejected, cut off: a repeated outline item, or a promise past the outline), from "
+                             "r17's greedy and sampled round-2 answers (scripts/correction_pairs.py); BoNBoN, "
+                             "2 epochs at lr 1e-4",
+                             ["--pairs", "data/pairs-r17.jsonl", "--adapter", "shipped-r17", "--epochs", "2",
+                              "--lr", "1e-4", "--alpha", "0.5", "--beta", "0.1", "--threads", "2"],
+                             ["--outline-topics"]),
 }
 # Decoding rows: name -> (what changes, the trained run whose adapter is decoded, extra bench arguments).
 DECODING: dict[str, tuple[str, str, list[str]]] = {
@@ -145,8 +154,10 @@ def run(name: str, threads: int = 1, workers: int = 1) -> None:
         return
     if name in STAGE2:
         out = ROOT / "runs" / "abl" / name
-        subprocess.run([PY, "-m", "pasta.cli", "train", "pref", "--out", str(out), *STAGE2[name][1]], check=True, cwd=ROOT)
-        _evaluate(name, ["--adapter", str(out / "round-1" / "adapter"), "--no-outline-topics"], workers)
+        args = [_shipped(a) if a in SHIPPED else a for a in STAGE2[name][1]]
+        decoding = STAGE2[name][2] if len(STAGE2[name]) > 2 else ["--no-outline-topics"]
+        subprocess.run([PY, "-m", "pasta.cli", "train", "pref", "--out", str(out), *args], check=True, cwd=ROOT)
+        _evaluate(name, ["--adapter", str(out / "round-1" / "adapter"), *decoding], workers)
         return
     what, data, extra = RUNS[name]
     out = ROOT / "runs" / "abl" / name
@@ -250,7 +261,7 @@ def table() -> str:
     lines = ["| run | what changes | complete | uses promise | promises / answer | reaches sync | repeated topics "
              "| duplicate chunks | guards fired | theoretical speedup (complete / complete promise-using) | repetition |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    rows = [(name, what) for name, (what, _, _) in RUNS.items()] + [(name, what) for name, (what, _) in STAGE2.items()]
+    rows = [(name, what) for name, (what, _, _) in RUNS.items()] + [(name, entry[0]) for name, entry in STAGE2.items()]
     rows += [(name, what) for name, (what, _, _) in DECODING.items()]
     rows += [(name, what) for name, (what, _, _, _) in ONPOLICY.items()]
     for name, what in rows:

@@ -93,3 +93,20 @@ def test_main_thread_loss_weight():
         expected = (ce * heavy.weights[labelled]).sum() / heavy.weights[labelled].sum()
         assert float(causal_lm_loss(model, batch)) == pytest.approx(float(expected), rel=1e-5)
         assert float(causal_lm_loss(model, collate([plain]))) == pytest.approx(float(ce.mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize("answer", range(len(ANSWERS)))
+def test_a_cut_off_answer_labels_no_end_of_answer(answer):
+    """end_with_eos=False (the rejected side of a correction pair): the same layout, every label kept but the main
+    thread's EOS, so its log-prob is the full answer's less log p(EOS) there."""
+    model, prompt = tiny_model("llama"), TOK.encode("q")
+    full = layout_example(TOK, prompt, ANSWERS[answer], LayoutConfig(), eos_id=TOK.eos_token_id)
+    cut = layout_example(TOK, prompt, ANSWERS[answer], LayoutConfig(), eos_id=TOK.eos_token_id, end_with_eos=False)
+    assert torch.equal(full.input_ids, cut.input_ids) and torch.equal(full.attention_mask, cut.attention_mask)
+    changed = (full.labels != cut.labels).nonzero().flatten().tolist()
+    assert len(changed) == 1 and full.labels[changed[0]] == TOK.eos_token_id and cut.labels[changed[0]] == IGNORE
+    assert TOK.eos_token_id not in cut.labels.tolist()
+    with torch.no_grad():
+        logp, _ = token_logprobs(model, collate([full]))
+        assert sequence_logprob(model, cut).item() == pytest.approx(
+            sequence_logprob(model, full).item() - logp[0, changed[0]].item(), abs=1e-4)

@@ -195,3 +195,56 @@ def test_a_runaway_sample_scores_below_any_plain_answer():
     for bad in (dict(complete=False), dict(guards=["repeated_topic: x"]), dict(repeated_topics=1),
                 dict(duplicate_chunks=2)):
         assert sample_speedup(stats(**bad), 10) == 0.0 < sample_speedup(stats(plain_tokens=9), 10)
+
+
+def _pairs_file(tmp_path, rows) -> str:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)
+
+
+def test_offline_pairs_train_one_round_without_sampling(tmp_path, monkeypatch):
+    """`pairs=` (pasta train pref --pairs): the round trains on the file's pairs; a cut-off rejected side labels
+    no end of answer."""
+    rows = [{"prompt": "Give tips.", "chosen": BEST, "rejected": "Tips: eat, sle", "rejected_truncated": True},
+            {"prompt": "More tips.", "chosen": BEST, "rejected": WORST}]
+    trainer = _trainer(tmp_path, pairs=_pairs_file(tmp_path, rows), learning_rate=1e-2, grad_accum=1)
+    monkeypatch.setattr(PrefTrainer, "sample_round", lambda *a: pytest.fail("offline pairs are not sampled"))
+    seen = []
+    real_loss = PrefTrainer.pair_loss
+
+    def spy(self, pair_laid, ref):
+        seen.extend(pair_laid)
+        return real_loss(self, pair_laid, ref)
+
+    monkeypatch.setattr(PrefTrainer, "pair_loss", spy)
+    before = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if "lora_B" in n}
+    report = trainer.run([])
+    summary = report["rounds"][0]
+    assert (summary["pairs"], summary["prompts"]) == (2, 2)
+    eos = TOK.eos_token_id
+    rejected_labels = sorted((w.labels.tolist() for _, w in seen), key=len)
+    assert eos not in rejected_labels[0] and eos in rejected_labels[1]  # the cut-off one, the whole one
+    assert all(eos in b.labels.tolist() for b, _ in seen)
+    after = {n: p.detach() for n, p in trainer.policy.named_parameters() if "lora_B" in n}
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    assert (tmp_path / "pref" / "round-1" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("rows, message", [
+    (["{oops"], "pairs.jsonl:1: not JSON"),
+    ([{"prompt": "p", "chosen": "a"}], "pairs.jsonl:1: 'rejected' must be a non-empty string"),
+    ([{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a", "rejected": "a"}],
+     "pairs.jsonl:2: chosen and rejected are the same text"),
+    ([{"prompt": "p", "chosen": "a", "rejected": "b", "rejected_truncated": "yes"}], "must be true or false"),
+    ([], "no pairs"),
+])
+def test_bad_pairs_files_say_which_line(tmp_path, rows, message):
+    from pasta.train.pref import load_pairs
+
+    with pytest.raises(ValueError, match=message):
+        load_pairs(_pairs_file(tmp_path, rows))
+    with pytest.raises(FileNotFoundError):
+        load_pairs(tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="one round"):
+        PrefConfig(output_dir="x", pairs="p.jsonl", rounds=2)

@@ -44,9 +44,12 @@ def layout_example(
     *,
     train_on_prompt: bool = False,
     main_weight: float = 1.0,
+    end_with_eos: bool = True,
 ) -> LaidOut:
     """`main_weight`: loss weight of the main thread's labels (topics, list markers, the sync decision, the text
-    around the chunks) relative to the chunks' (1). The main thread's tokens are few, but they carry the structure."""
+    around the chunks) relative to the chunks' (1). The main thread's tokens are few, but they carry the structure.
+    `end_with_eos=False`: `annotated` is a cut-off answer (the rejected side of a correction pair), so the main
+    thread's end of answer is laid out but not labelled (nothing says the model would have stopped there)."""
     eos = tokenizer.eos_token_id if eos_id is None else eos_id
     program = forced_program(tokenizer, annotated, eos_id=eos)
     decoding = Decoding(
@@ -56,6 +59,7 @@ def layout_example(
     token_ids: list[int] = []
     labels: list[int] = []
     weights: list[float] = []
+    last_main = None  # slot of the main thread's last label (its EOS)
     while not decoding.done:
         inputs = decoding.next_inputs()
         token_ids.extend(inputs.token_ids)
@@ -66,6 +70,11 @@ def layout_example(
         for row, token, thread in zip(inputs.logit_rows, taken, threads):
             labels[inputs.slots[row]] = token
             weights[inputs.slots[row]] = main_weight if thread == 0 else 1.0
+            if thread == 0:
+                last_main = inputs.slots[row]
+    if not end_with_eos and last_main is not None and labels[last_main] == eos:
+        labels[last_main] = IGNORE
+        weights[last_main] = 0.0
     n = len(token_ids)
     if train_on_prompt:
         labels[: len(prompt_ids) - 1] = token_ids[1 : len(prompt_ids)]

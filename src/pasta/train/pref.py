@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from ..eval.answer_stats import answer_stats
-from ..jsonl import append_jsonl, read_rows
+from ..jsonl import append_jsonl, jsonl_lines, read_rows
 from ..settings import DecodeSettings
 from .dist import barrier, rank_and_world
 from .lora_merge import combine_lora_adapters
@@ -85,6 +85,9 @@ class PrefConfig(DecodeSettings):
     judge_api_key_env: str = "OPENAI_API_KEY"
     seed: int = 0
     torch_threads: int | None = None
+    # Offline pairs (a .jsonl in TRL's shape: prompt, chosen, rejected; optional rejected_truncated for a rejected
+    # side cut off mid-answer, as `pasta.data.correction_pairs` writes): the round trains on them instead of sampling.
+    pairs: str | None = None
 
     def __post_init__(self) -> None:
         if self.n_samples < 2:
@@ -96,6 +99,8 @@ class PrefConfig(DecodeSettings):
         bonbon_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), self.alpha, self.beta)
         if self.judge not in ("local", "openai", "none"):
             raise ValueError(f"judge must be local, openai or none, got {self.judge!r}")
+        if self.pairs is not None and self.rounds != 1:
+            raise ValueError(f"offline pairs train one round; got rounds={self.rounds}")
         self.validate_decode_settings()
 
 
@@ -161,10 +166,11 @@ class PrefTrainer:
         return chat_prompt_ids(self.tokenizer, prompt)
 
     # -- log-probs in the Pasta layout ----------------------------------------------------------------------------
-    def laid_out(self, prompt: str, annotated: str):
+    def laid_out(self, prompt: str, annotated: str, *, truncated: bool = False):
         from .collator import layout_example
 
-        return layout_example(self.tokenizer, self.prompt_ids(prompt), annotated, self.layout_config, self.eos_id)
+        return layout_example(self.tokenizer, self.prompt_ids(prompt), annotated, self.layout_config, self.eos_id,
+                              end_with_eos=not truncated)
 
     def policy_logprob(self, laid) -> torch.Tensor:
         from .collator import sequence_logprob
@@ -265,7 +271,8 @@ class PrefTrainer:
         cfg = self.config
         laid = []
         for p in pairs:
-            b, w = self.laid_out(p["prompt"], p["chosen"]), self.laid_out(p["prompt"], p["rejected"])
+            b = self.laid_out(p["prompt"], p["chosen"])
+            w = self.laid_out(p["prompt"], p["rejected"], truncated=bool(p.get("rejected_truncated")))
             if max(len(b), len(w)) <= cfg.max_length:
                 laid.append((b, w))
         rng = random.Random(cfg.seed + round_no)
@@ -278,7 +285,13 @@ class PrefTrainer:
             schedule.append([micro[i:i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)])
         mine = sorted({i for epoch in schedule for window in epoch for m in window for i in m[self.rank::self.world]})
         self.policy.eval()
-        ref = {i: torch.stack([self.reference_logprob(laid[i][0]), self.reference_logprob(laid[i][1])]) for i in mine}
+        log.info("round %d: reference log-probs of %d pairs (%d longer than max_length %d left out)", round_no,
+                 len(mine), len(pairs) - len(laid), cfg.max_length)
+        ref = {}
+        for n, i in enumerate(mine, 1):
+            ref[i] = torch.stack([self.reference_logprob(laid[i][0]), self.reference_logprob(laid[i][1])])
+            if n % 25 == 0 or n == len(mine):
+                log.info("round %d: reference log-probs %d/%d", round_no, n, len(mine))
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
         self.policy.train()
@@ -346,7 +359,8 @@ class PrefTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             (self.out / "pref_config.json").write_text(json.dumps(asdict(self.config), indent=2, default=str))
-        references = self.reference_answers(examples) if self.judge is not None else {}
+        offline = load_pairs(self.config.pairs) if self.config.pairs else None
+        references = self.reference_answers(examples) if self.judge is not None and offline is None else {}
         report = {"rounds": []}
         for round_no in range(1, self.config.rounds + 1):
             folder = self.out / f"round-{round_no}"
@@ -355,12 +369,16 @@ class PrefTrainer:
                 self.load_round(folder)
                 report["rounds"].append(json.loads(done_file.read_text()))
                 continue
-            sampled = self.sample_round(round_no, examples, references)
-            pairs = self.build_pairs(round_no, sampled)
+            if offline is not None:
+                sampled, pairs = [], offline
+            else:
+                sampled = self.sample_round(round_no, examples, references)
+                pairs = self.build_pairs(round_no, sampled)
             history = self.train_round(round_no, pairs)
             self.save(folder)
             summary = {
-                "round": round_no, "prompts": len(sampled), "pairs": len(pairs),
+                "round": round_no, "prompts": len({p["prompt"] for p in pairs}) if offline else len(sampled),
+                "pairs": len(pairs), "pairs_from": self.config.pairs,
                 "mean_speedup": _mean([s["speedup"] for r in sampled for s in r["samples"]]),
                 "mean_quality": _mean([s["quality"] for r in sampled for s in r["samples"] if s["quality"] is not None]),
                 "first_loss": history[0]["loss"] if history else None,
@@ -380,6 +398,30 @@ class _null:
 
     def __exit__(self, *exc):
         return False
+
+
+def load_pairs(path: str | Path) -> list[dict]:
+    """Preference pairs from a .jsonl file in TRL's shape; a bad row is an error that names its line."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no pairs file {path}")
+    pairs = []
+    for line_no, row in jsonl_lines(path):
+        where = f"{path}:{line_no}"
+        if isinstance(row, json.JSONDecodeError):
+            raise ValueError(f"{where}: not JSON ({row.msg})")
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: a pair is an object with prompt, chosen and rejected")
+        for key in ("prompt", "chosen", "rejected"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise ValueError(f"{where}: {key!r} must be a non-empty string")
+        if row["chosen"] == row["rejected"]:
+            raise ValueError(f"{where}: chosen and rejected are the same text")
+        if not isinstance(row.get("rejected_truncated", False), bool):
+            raise ValueError(f"{where}: 'rejected_truncated' must be true or false")
+        pairs.append(row)
+    if not pairs:
+        raise ValueError(f"{path}: no pairs")
+    return pairs
 
 
 def _mean(values: list[float]) -> float | None:
@@ -423,10 +465,10 @@ def train_pref(config: PrefConfig) -> dict:
         stage1 = default_adapter_path() if resolve_model_path(config.model)[0] == DEFAULT_MODEL else None
     elif config.adapter:
         stage1 = Path(config.adapter)
-    examples = list(load_examples(config.prompts, limit=config.num_prompts, exclude_eval=True))
-    if not examples:
+    examples = [] if config.pairs else list(load_examples(config.prompts, limit=config.num_prompts, exclude_eval=True))
+    if not examples and not config.pairs:
         raise ValueError(f"no training prompts in {config.prompts!r}")
-    judge = build_judge(config)
+    judge = None if config.pairs else build_judge(config)
     trainer = PrefTrainer(config, loaded.model, loaded.tokenizer, judge=judge, layout_config=layout, device=device,
                           stage1_adapter=stage1, decoding_defaults=decoding_defaults_for(loaded))
     return trainer.run(examples)

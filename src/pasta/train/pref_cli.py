@@ -43,6 +43,9 @@ def add_pref_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge-api-key-env", default="OPENAI_API_KEY")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--pairs", default=None,
+                   help="train one round on these pairs (.jsonl: prompt, chosen, rejected[, rejected_truncated]) "
+                        "instead of sampling, e.g. scripts/correction_pairs.py's output")
 
 
 def run_pref(args: argparse.Namespace) -> int:
@@ -58,6 +61,7 @@ def run_pref(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
         judge=args.judge, judge_model=args.judge_model, judge_base_url=args.judge_base_url,
         judge_api_key_env=args.judge_api_key_env, seed=args.seed, torch_threads=args.threads,
+        pairs=args.pairs,
     )
     report = train_pref(config)
     print(json.dumps(report, indent=2))
