@@ -95,11 +95,17 @@ STAGE2: dict[str, tuple] = {
     "r21-pref-corrections": ("one Stage-2 round on r17 from its guard corrections: 197 pairs of a corrected answer "
                              "(chosen) against the model's own continuation where the outline guard stepped in "
                              "(rejected, cut off: a repeated outline item, or a promise past the outline), from "
-                             "r17's greedy and sampled round-2 answers (scripts/correction_pairs.py); BoNBoN, "
-                             "2 epochs at lr 1e-4",
+                             "r17's greedy and sampled round-2 answers (scripts/correction_pairs.py --kinds "
+                             "outline_repeat,outline_done); BoNBoN, 2 epochs at lr 1e-4",
                              ["--pairs", "data/pairs-r17.jsonl", "--adapter", "shipped-r17", "--epochs", "2",
                               "--lr", "1e-4", "--alpha", "0.5", "--beta", "0.1", "--threads", "2"],
                              ["--outline-topics"]),
+    "r22-pref-corrections-one-item": ("r21 plus 176 pairs for forks of one chunk (an outline of one idea): the same "
+                                      "answer in plain text (chosen) against the answer cut after 'Overview:' "
+                                      "(rejected); 373 pairs, 2 epochs at lr 1e-4",
+                                      ["--pairs", "data/pairs-r17-all.jsonl", "--adapter", "shipped-r17", "--epochs",
+                                       "2", "--lr", "1e-4", "--alpha", "0.5", "--beta", "0.1", "--threads", "2"],
+                                      ["--outline-topics"]),
 }
 # Decoding rows: name -> (what changes, the trained run whose adapter is decoded, extra bench arguments).
 DECODING: dict[str, tuple[str, str, list[str]]] = {

@@ -2,7 +2,7 @@
 guard corrected, the corrected answer (chosen) against the model's own continuation at the guard (rejected, cut off).
 Train on them with `pasta train pref --pairs OUT`.
 
-    python scripts/correction_pairs.py data/onpolicy-r17.jsonl data/sampled-r17.jsonl --out data/pairs-r17.jsonl
+    python scripts/correction_pairs.py data/onpolicy-r17.jsonl data/sampled-r17.jsonl --drop-evasive --out data/pairs-r17.jsonl
 """
 
 from __future__ import annotations
@@ -23,7 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--drop-evasive", action="store_true", help="no pair whose corrected answer declines")
     parser.add_argument("--min-chunks", type=int, default=2, help="chunks the corrected answer needs")
+    parser.add_argument("--kinds", default="outline_repeat,outline_done,one_item",
+                        help="comma-separated pair kinds to write (default: all)")
     args = parser.parse_args(argv)
+    wanted = {k.strip() for k in args.kinds.split(",") if k.strip()}
+    unknown = wanted - {"outline_repeat", "outline_done", "one_item"}
+    if unknown:
+        parser.error(f"--kinds: unknown kind(s) {', '.join(sorted(unknown))}")
     config = OnPolicyConfig(keep_guarded=True, drop_evasive=args.drop_evasive, min_chunks=args.min_chunks)
     reasons: Counter = Counter()
     kinds: Counter = Counter()
@@ -38,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             pairs, why = correction_pairs(row, config)
             reasons[why or "paired"] += 1
             for pair in pairs:
-                if pair.id in seen:
+                if pair.id in seen or pair.kind not in wanted:
                     continue
                 seen.add(pair.id)
                 kinds[pair.kind] += 1

@@ -114,3 +114,39 @@ def test_the_script_writes_pairs_and_skips_bad_rows(tmp_path):
     assert "answers.jsonl:2" in done.stderr and "answers.jsonl:3" in done.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["r1-repeat", "r1-done"]
+    script = [sys.executable, str(ROOT / "scripts" / "correction_pairs.py"), str(answers), "--out", str(out)]
+    subprocess.run([*script, "--kinds", "outline_done"], capture_output=True, check=True)
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["r1-done"]
+    bad = subprocess.run([*script, "--kinds", "outline_done,loops"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown kind(s) loops" in bad.stderr
+
+
+def test_a_fork_of_one_chunk_pairs_its_plain_text_against_the_outline():
+    """An outline of one idea ('Sleep; sleep;' cut to 'Sleep.') forks one chunk: chosen is the same answer in plain
+    text without the outline line, rejected the answer cut right after 'Overview:'."""
+    main = ("Tips:\n\nOverview: Sleep; sleep;" + "1. " + _promise(1, 1, "Sleep") + "\n2. " + _promise(2, 1)
+            + "That is all.")
+    annotated, guards = _decode(main)
+    assert [g.split(":")[0] for g in guards] == ["outline_repeat", "outline_done"]
+    pairs, why = correction_pairs(_row(annotated, guards))
+    assert why is None and [p.kind for p in pairs] == ["one_item"]
+    pair = pairs[0]
+    assert pair.rejected == "Tips:\n\nOverview:" and WRITTEN.startswith(pair.rejected)
+    assert pair.chosen == "Tips:\n\n1. " + CHUNKS[0].removesuffix("</async>") + "\nThat is all."
+    # a one-chunk fork no guard touched saves nothing either: the same pair
+    clean = _decode("Tips:\n\nOverview: Sleep.\n\n1. " + _promise(1, 1, "Sleep") + "\n<sync/>That is all.")
+    assert clean[1] == []
+    assert correction_pairs(_row(*clean))[0][0].chosen == pair.chosen
+
+
+def test_one_chunk_forks_not_worth_a_plain_target_give_no_pair():
+    no_outline = _decode("Tips:\n" + _promise(1, 1, "Sleep") + "\n<sync/>Done.")[0]
+    assert correction_pairs(_row(no_outline, [])) == ([], "one chunk without an outline")
+    copies = _decode("Tips:\n\nOverview: Sleep.\n\n1. " + _promise(1, 1, "Sleep") + "\n<sync/>"
+                     + CHUNKS[0].removesuffix("</async>"))[0]
+    assert correction_pairs(_row(copies, [])) == ([], "conclusion copies a chunk")
+    one = _decode("Tips:\n\nOverview: Sleep.\n\n1. " + _promise(1, 1, "Sleep") + "\n<sync/>That is all.")[0]
+    assert correction_pairs(_row(one, ["repeated_topic: x"])) == ([], "other guard")
+    repetitive = _row(one, [])
+    repetitive["stats"]["repetition"] = 0.5
+    assert correction_pairs(repetitive) == ([], "repetitive")

@@ -8,6 +8,12 @@ guard's message says what the model did:
 - ``outline_done: <promise topic="3/2" tokens="1"/>; forced <sync/>`` - after the outline's last item had its
   promise, the model opened another one (``\\n3. <promise``) and the guard wrote ``<sync/>`` instead.
 
+Most of what the guards still correct after such a round is an outline of one idea (``Overview: Pan-fried;
+Pan-fried;``, cut to ``Overview: Pan-fried.``, then a 1/1 promise and a second one refused): a fork of one chunk,
+which saves nothing even when no guard fires. For those (`one_item`), `chosen` is the same answer in plain text
+(the outline line left out, the chunk's text in place: the model's own words) and `rejected` is the answer cut just
+after ``Overview:``, the decision to fork at all.
+
 Supervised training on the corrected answers alone did not teach the model to stop (r17 was trained on 149 of them
 and still needs a guard on 0.37 of its forks). A pair gives the missing negative: `chosen` is the corrected answer,
 `rejected` the same text cut at the guard with the model's own continuation in its place, up to the first token
@@ -24,8 +30,8 @@ import ast
 import re
 from dataclasses import dataclass
 
-from ..lang import OUTLINE_PREFIX, Chunk, SyncMark, to_structure, topic_count, topic_key
-from .onpolicy import OnPolicyConfig, keep_reason, repaired
+from ..lang import OUTLINE_PREFIX, Chunk, SyncMark, strip_tags, to_structure, topic_count, topic_key
+from .onpolicy import CORRECTING_GUARDS, OnPolicyConfig, copies_a_chunk, keep_reason, repaired
 
 _REPEAT_RE = re.compile(r"^outline_repeat: outline item (?P<item>'.*'|\".*\") repeats")
 _DONE_RE = re.compile(r'^outline_done: <promise topic="(?P<j>\d+)/(?P<m>\d+)"')
@@ -36,7 +42,7 @@ _MARKER_RE = re.compile(r"(?:^|\n)(?P<marker>\d+[.)]|[-*])[ \t]*$")  # the list 
 class CorrectionPair:
     id: str
     prompt: str
-    kind: str  # outline_repeat | outline_done
+    kind: str  # outline_repeat | outline_done | one_item
     chosen: str
     rejected: str
 
@@ -101,6 +107,37 @@ def done_rejected(chosen: str, index: int, total: int) -> str | None:
     return None
 
 
+def one_item_pair(row: dict, config: OnPolicyConfig) -> tuple[CorrectionPair | None, str | None]:
+    """(pair, why none) for an answer that forked one chunk after an outline line: the plain answer against the
+    answer cut after ``Overview:``."""
+    annotated = repaired(row["annotated"])
+    at = _outline_start(annotated)
+    first_promise = annotated.find("<promise")
+    if at < 0 or first_promise < 0 or at > first_promise:
+        return None, "one chunk without an outline"
+    line_end = annotated.find("\n", at)
+    if line_end < 0 or line_end > first_promise:
+        return None, "one chunk without an outline"
+    if copies_a_chunk(annotated, config.copy_ngram):  # the plain text would say the item twice
+        return None, "conclusion copies a chunk"
+    chosen = strip_tags(annotated[:at] + annotated[line_end:].lstrip("\n"))
+    stats = row.get("stats") or {}
+    plain = {**row, "annotated": chosen, "stats": {**stats, "guards": []}}
+    reason = keep_reason(plain, config)  # the plain answer must be worth training on (ended by EOS, repeats little)
+    if reason is not None:
+        return None, reason
+    return CorrectionPair(f"{row['id']}-one", row["prompt"], "one_item", chosen,
+                          annotated[: at + len(OUTLINE_PREFIX.rstrip())]), None
+
+
+def _outline_start(annotated: str) -> int:
+    """Offset of the first outline line (at the start of a line), or -1."""
+    at = annotated.find(OUTLINE_PREFIX)
+    while at > 0 and annotated[at - 1] != "\n":
+        at = annotated.find(OUTLINE_PREFIX, at + 1)
+    return at
+
+
 def _raw(part) -> str:
     if isinstance(part, Chunk):
         return part.to_storage()
@@ -115,6 +152,11 @@ def correction_pairs(row: dict, config: OnPolicyConfig | None = None) -> tuple[l
     first firing of each)."""
     config = config or OnPolicyConfig(keep_guarded=True)
     guards = (row.get("stats") or {}).get("guards") or []
+    if len(to_structure(repaired(row.get("annotated") or "")).chunks) == 1:
+        if any(not g.startswith(CORRECTING_GUARDS) for g in guards):
+            return [], "other guard"
+        pair, why = one_item_pair(row, config)
+        return ([pair], None) if pair else ([], why)
     if not guards:
         return [], "no guard"
     reason = keep_reason(row, config)
