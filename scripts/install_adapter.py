@@ -7,6 +7,10 @@ kept (stage1_* when a second round replaces the first); --keep-as-stage1 is --ke
     python scripts/install_adapter.py runs/default-sft
     python scripts/install_adapter.py runs/default-onpolicy --keep-as-stage1
     python scripts/install_adapter.py runs/default-onpolicy2 --keep-as round1
+    python scripts/install_adapter.py runs/pref/round-1/adapter --keep-as round1   # a Stage-2 round
+
+A Stage-2 round's adapter (`pasta train pref`: OUT/round-K/adapter, stage 1 folded in) comes with that round's
+records instead of the fine-tune's: pref_config.json, pref_done.json and pref_train_log.jsonl.
 """
 
 from __future__ import annotations
@@ -20,13 +24,25 @@ from safetensors.torch import load_file, save_file
 
 RECORDS = ("adapter_config.json", "pasta_layout.json", "pasta_decoding.json", "sft_config.json", "data_stats.json",
            "training_log.csv", "loss.png")
-STAGE1_RECORDS = ("training_log.csv", "sft_config.json", "data_stats.json", "loss.png")
+PREF_RECORDS = ("pref_config.json", "pref_done.json", "pref_train_log.jsonl")
+STAGE1_RECORDS = ("training_log.csv", "sft_config.json", "data_stats.json", "loss.png", *PREF_RECORDS)
+
+
+def _sources(out: Path) -> dict[str, Path]:
+    """Installed name -> file, for an SFT run folder or a Stage-2 round's adapter folder."""
+    if out.name == "adapter" and (out.parent / "done.json").is_file():  # OUT/round-K/adapter of `pasta train pref`
+        records = {name: out / name for name in ("adapter_config.json", "pasta_layout.json", "pasta_decoding.json")}
+        return {**records, "pref_config.json": out.parent.parent / "pref_config.json",
+                "pref_done.json": out.parent / "done.json", "pref_train_log.jsonl": out.parent / "train_log.jsonl"}
+    return {name: out / name for name in RECORDS}
 
 
 def install(out: Path, dest: Path, keep_as: str | None = None) -> None:
-    missing = [name for name in ("adapter_model.safetensors", *RECORDS) if not (out / name).is_file()]
+    sources = _sources(out)
+    missing = [str(path) for path in (out / "adapter_model.safetensors", *sources.values()) if not path.is_file()]
     if missing:
-        raise SystemExit(f"{out}: not a finished `pasta train sft` run (missing {', '.join(missing)})")
+        raise SystemExit(f"{out}: not a finished `pasta train sft` run or `pasta train pref` round "
+                         f"(missing {', '.join(missing)})")
     card = dest / "README.md"
     keep = card.read_text() if card.is_file() else None
     kept = {}
@@ -44,8 +60,8 @@ def install(out: Path, dest: Path, keep_as: str | None = None) -> None:
     dest.mkdir(parents=True)
     weights = load_file(out / "adapter_model.safetensors")
     save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, dest / "adapter_model.safetensors")
-    for name in RECORDS:
-        shutil.copy(out / name, dest / name)
+    for name, path in sources.items():
+        shutil.copy(path, dest / name)
     config = json.loads((dest / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = "default"  # the embedded model, not this machine's cache path
     (dest / "adapter_config.json").write_text(json.dumps(config, indent=2))
@@ -59,7 +75,8 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help="a finished `pasta train sft` output folder")
+    parser.add_argument("run", help="a finished `pasta train sft` output folder, or a `pasta train pref` round's "
+                                    "adapter folder (OUT/round-K/adapter)")
     parser.add_argument("--dest", default=str(Path(__file__).resolve().parent.parent / "src" / "pasta" / "assets"
                                               / "default-adapter"))
     keep = parser.add_mutually_exclusive_group()
