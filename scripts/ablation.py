@@ -106,6 +106,13 @@ STAGE2: dict[str, tuple] = {
                                       ["--pairs", "data/pairs-r17-all.jsonl", "--adapter", "shipped-r17", "--epochs",
                                        "2", "--lr", "1e-4", "--alpha", "0.5", "--beta", "0.1", "--threads", "2"],
                                       ["--outline-topics"]),
+    "r23-pref-corrections-cut": ("r22 with the chosen side cut at the end of the line where the two sides part "
+                                 "(scripts/correction_pairs.py --cut-chosen): r22 met its margins by raising whole "
+                                 "answers a little while p('Overview') barely moved (0.997 -> 0.991, "
+                                 "scripts/pair_margins.py)",
+                                 ["--pairs", "data/pairs-r17-cut.jsonl", "--adapter", "shipped-r17", "--epochs", "2",
+                                  "--lr", "1e-4", "--alpha", "0.5", "--beta", "0.1", "--threads", "2"],
+                                 ["--outline-topics"]),
 }
 # Decoding rows: name -> (what changes, the trained run whose adapter is decoded, extra bench arguments).
 DECODING: dict[str, tuple[str, str, list[str]]] = {

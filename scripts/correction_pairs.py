@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--drop-evasive", action="store_true", help="no pair whose corrected answer declines")
     parser.add_argument("--min-chunks", type=int, default=2, help="chunks the corrected answer needs")
+    parser.add_argument("--cut-chosen", action="store_true",
+                        help="cut the chosen side at the end of the line where the two sides part, so the "
+                             "preference falls on that decision alone")
     parser.add_argument("--kinds", default="outline_repeat,outline_done,one_item",
                         help="comma-separated pair kinds to write (default: all)")
     args = parser.parse_args(argv)
@@ -47,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                 if pair.id in seen or pair.kind not in wanted:
                     continue
                 seen.add(pair.id)
+                pair = pair.cut() if args.cut_chosen else pair
                 kinds[pair.kind] += 1
                 rows_out.append(pair.to_row())
     with open(args.out, "w", encoding="utf-8") as f:

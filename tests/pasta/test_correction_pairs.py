@@ -4,6 +4,7 @@ script's own text (its chunks in place) and must part from the chosen, corrected
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -150,3 +151,31 @@ def test_one_chunk_forks_not_worth_a_plain_target_give_no_pair():
     repetitive = _row(one, [])
     repetitive["stats"]["repetition"] = 0.5
     assert correction_pairs(repetitive) == ([], "repetitive")
+
+
+def test_cut_chosen_keeps_only_the_line_where_the_sides_part():
+    annotated, guards = _decode(LOOPING)
+    repeat, done = (p.cut() for p in correction_pairs(_row(annotated, guards))[0])
+    assert repeat.chosen == "Tips:\n\nOverview: Sleep; Food." and repeat.chosen_truncated
+    assert done.chosen == annotated and not done.chosen_truncated  # "<sync/>These habits help." ends the answer
+    annotated, guards = _decode(LOOPING.replace("These habits", "\nThese habits"))
+    done = correction_pairs(_row(annotated, guards))[0][1].cut()
+    assert done.chosen == annotated[: annotated.index("<sync/>") + len("<sync/>")] and done.chosen_truncated
+    for pair in (repeat, done):  # the sides still part where they did, and nothing of the chosen's line is lost
+        assert annotated.startswith(pair.chosen)
+        assert pair.to_row()["chosen_truncated"] is True
+    # a chosen side whose parting line runs to the end of the answer stays whole
+    one = _decode("Tips:\n\nOverview: Sleep.\n\n1. " + _promise(1, 1, "Sleep") + "\n<sync/>That is all.")[0]
+    plain = correction_pairs(_row(one, []))[0][0]
+    assert plain.chosen.count("\n") > 2
+    kept = plain.cut()
+    assert kept.chosen == "Tips:\n\n1. " + CHUNKS[0].removesuffix("</async>") and kept.chosen_truncated
+    whole = dataclasses.replace(plain, chosen="Tips:\n\nno newline after this")
+    assert whole.cut() is whole
+
+
+def test_cut_chosen_never_splits_a_tag():
+    from pasta.data.correction_pairs import CorrectionPair
+
+    pair = CorrectionPair("x", "p", "outline_done", 'Intro\n<promise topic="a\nb" tokens="3"/>c\nmore', "Intro\n3.")
+    assert pair.cut().chosen == 'Intro\n<promise topic="a\nb" tokens="3"/>'

@@ -207,7 +207,8 @@ def test_offline_pairs_train_one_round_without_sampling(tmp_path, monkeypatch):
     """`pairs=` (pasta train pref --pairs): the round trains on the file's pairs; a cut-off rejected side labels
     no end of answer."""
     rows = [{"prompt": "Give tips.", "chosen": BEST, "rejected": "Tips: eat, sle", "rejected_truncated": True},
-            {"prompt": "More tips.", "chosen": BEST, "rejected": WORST}]
+            {"prompt": "More tips.", "chosen": BEST, "rejected": WORST},
+            {"prompt": "Cut tips.", "chosen": "Tips: <promise", "rejected": WORST, "chosen_truncated": True}]
     trainer = _trainer(tmp_path, pairs=_pairs_file(tmp_path, rows), learning_rate=1e-2, grad_accum=1)
     monkeypatch.setattr(PrefTrainer, "sample_round", lambda *a: pytest.fail("offline pairs are not sampled"))
     seen = []
@@ -221,11 +222,12 @@ def test_offline_pairs_train_one_round_without_sampling(tmp_path, monkeypatch):
     before = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if "lora_B" in n}
     report = trainer.run([])
     summary = report["rounds"][0]
-    assert (summary["pairs"], summary["prompts"]) == (2, 2)
+    assert (summary["pairs"], summary["prompts"]) == (3, 3)
     eos = TOK.eos_token_id
     rejected_labels = sorted((w.labels.tolist() for _, w in seen), key=len)
-    assert eos not in rejected_labels[0] and eos in rejected_labels[1]  # the cut-off one, the whole one
-    assert all(eos in b.labels.tolist() for b, _ in seen)
+    assert eos not in rejected_labels[0] and all(eos in labels for labels in rejected_labels[1:])
+    chosen_labels = sorted((b.labels.tolist() for b, _ in seen), key=len)
+    assert eos not in chosen_labels[0] and all(eos in labels for labels in chosen_labels[1:])  # "Tips: <promise" cut
     after = {n: p.detach() for n, p in trainer.policy.named_parameters() if "lora_B" in n}
     assert any(not torch.equal(before[n], after[n]) for n in before)
     assert (tmp_path / "pref" / "round-1" / "adapter" / "adapter_model.safetensors").is_file()

@@ -21,12 +21,18 @@ where the two differ and a little beyond. The rejected side is `rejected_truncat
 training must not label an EOS after it (`pasta.train.collator.layout_example(end_with_eos=False)`). The shared
 prefix has the same log-probability on both sides, so a DPO/IPO margin falls on the decision the guard corrected.
 
+With `cut_chosen` the chosen side is cut too, at the end of the line where the two part (`chosen_truncated`): a
+sequence-level margin is otherwise met by raising the probability of the whole corrected answer a little, and the
+decision itself barely moves (one_item pairs, r22: p('Overview') 0.997 -> 0.991 where the plain answer goes on,
+scripts/pair_margins.py). Cut, the two sides differ only at the decision and the few tokens after it.
+
 Pairs are written in TRL's shape (`prompt`, `chosen`, `rejected`) for `pasta train pref --pairs`.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -46,9 +52,26 @@ class CorrectionPair:
     chosen: str
     rejected: str
 
+    chosen_truncated: bool = False
+
     def to_row(self) -> dict:
         return {"id": self.id, "prompt": self.prompt, "kind": self.kind, "chosen": self.chosen,
-                "rejected": self.rejected, "rejected_truncated": True}
+                "rejected": self.rejected, "chosen_truncated": self.chosen_truncated, "rejected_truncated": True}
+
+    def cut(self) -> CorrectionPair:
+        """This pair with the chosen side cut at the end of the line where the two sides part (the whole of a tag
+        that line ends in kept; a line that runs to the end of the answer is kept whole, untruncated)."""
+        parted = _common_prefix(self.chosen, self.rejected)
+        end = self.chosen.find("\n", parted + 1)
+        if end < 0:
+            return self
+        tag_open = self.chosen.rfind("<", parted, end)
+        if tag_open >= 0 and self.chosen.find(">", tag_open, end) < 0:  # a tag spans the newline: keep it whole
+            close = self.chosen.find(">", end)
+            end = close + 1 if close >= 0 else len(self.chosen)
+        if end >= len(self.chosen):
+            return self
+        return dataclasses.replace(self, chosen=self.chosen[:end], chosen_truncated=True)
 
 
 def repeat_rejected(chosen: str, item: str) -> str | None:
@@ -136,6 +159,13 @@ def _outline_start(annotated: str) -> int:
     while at > 0 and annotated[at - 1] != "\n":
         at = annotated.find(OUTLINE_PREFIX, at + 1)
     return at
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def _raw(part) -> str:

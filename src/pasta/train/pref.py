@@ -85,8 +85,9 @@ class PrefConfig(DecodeSettings):
     judge_api_key_env: str = "OPENAI_API_KEY"
     seed: int = 0
     torch_threads: int | None = None
-    # Offline pairs (a .jsonl in TRL's shape: prompt, chosen, rejected; optional rejected_truncated for a rejected
-    # side cut off mid-answer, as `pasta.data.correction_pairs` writes): the round trains on them instead of sampling.
+    # Offline pairs (a .jsonl in TRL's shape: prompt, chosen, rejected; optional chosen_truncated/rejected_truncated
+    # for a side cut off mid-answer, as `pasta.data.correction_pairs` writes): the round trains on them instead of
+    # sampling.
     pairs: str | None = None
 
     def __post_init__(self) -> None:
@@ -271,7 +272,7 @@ class PrefTrainer:
         cfg = self.config
         laid = []
         for p in pairs:
-            b = self.laid_out(p["prompt"], p["chosen"])
+            b = self.laid_out(p["prompt"], p["chosen"], truncated=bool(p.get("chosen_truncated")))
             w = self.laid_out(p["prompt"], p["rejected"], truncated=bool(p.get("rejected_truncated")))
             if max(len(b), len(w)) <= cfg.max_length:
                 laid.append((b, w))
@@ -416,8 +417,9 @@ def load_pairs(path: str | Path) -> list[dict]:
                 raise ValueError(f"{where}: {key!r} must be a non-empty string")
         if row["chosen"] == row["rejected"]:
             raise ValueError(f"{where}: chosen and rejected are the same text")
-        if not isinstance(row.get("rejected_truncated", False), bool):
-            raise ValueError(f"{where}: 'rejected_truncated' must be true or false")
+        for key in ("chosen_truncated", "rejected_truncated"):
+            if not isinstance(row.get(key, False), bool):
+                raise ValueError(f"{where}: {key!r} must be true or false")
         pairs.append(row)
     if not pairs:
         raise ValueError(f"{path}: no pairs")

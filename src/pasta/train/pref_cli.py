@@ -44,7 +44,8 @@ def add_pref_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--pairs", default=None,
-                   help="train one round on these pairs (.jsonl: prompt, chosen, rejected[, rejected_truncated]) "
+                   help="train one round on these pairs (.jsonl: prompt, chosen, rejected[, chosen_truncated, "
+                        "rejected_truncated]) "
                         "instead of sampling, e.g. scripts/correction_pairs.py's output")
 
 
