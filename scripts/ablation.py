@@ -83,36 +83,34 @@ RUNS: dict[str, tuple[str, list[str], list[str]]] = {
     "r8-full-ft": ("r2 as a full fine-tune (lr 5e-5) instead of LoRA", SHAREGPT_V2,
                    ["--max-steps", "120", *BASE, *DISTILL_PLAIN, "--full", "--lr", "5e-5"]),
 }
-# Stage 2 rows: name -> (what it changes, `pasta train pref` arguments[, extra bench arguments]); evaluated like the
+# Stage 2 rows: name -> (what it changes, `pasta train pref` arguments, bench decoding arguments); evaluated like the
 # Stage-1 rows. An argument naming a SHIPPED adapter ("shipped-r17") is its restored folder.
-STAGE2: dict[str, tuple] = {
+# One round on r17 from correction pairs (scripts/correction_pairs.py), decoded as r17 is (outline topics).
+CORRECTIONS_ON_R17 = ["--adapter", "shipped-r17", "--epochs", "2", "--lr", "1e-4", "--alpha", "0.5", "--beta", "0.1",
+                      "--threads", "2"]
+STAGE2: dict[str, tuple[str, list[str], list[str]]] = {
     "s2-pref-r3": ("one Stage-2 round (BoNBoN, speed only: 48 ShareGPT prompts x 4 samples at T=0.8, 44 pairs, "
                    "lr 5e-5) on r3",
                    ["--prompts", "data/pref-prompts.jsonl", "--num-prompts", "48", "--adapter",
                     "runs/abl/r3-plain-self-long", "--n", "4", "--temperature", "0.8", "--top-p", "0.95",
                     "--max-new-tokens", "384", "--max-thread-tokens", "256", "--judge", "none", "--threads", "1",
-                    "--lr", "5e-5", "--alpha", "0.5"]),
+                    "--lr", "5e-5", "--alpha", "0.5"], ["--no-outline-topics"]),
     "r21-pref-corrections": ("one Stage-2 round on r17 from its guard corrections: 197 pairs of a corrected answer "
                              "(chosen) against the model's own continuation where the outline guard stepped in "
                              "(rejected, cut off: a repeated outline item, or a promise past the outline), from "
                              "r17's greedy and sampled round-2 answers (scripts/correction_pairs.py --kinds "
                              "outline_repeat,outline_done); BoNBoN, 2 epochs at lr 1e-4",
-                             ["--pairs", "data/pairs-r17.jsonl", "--adapter", "shipped-r17", "--epochs", "2",
-                              "--lr", "1e-4", "--alpha", "0.5", "--beta", "0.1", "--threads", "2"],
-                             ["--outline-topics"]),
+                             ["--pairs", "data/pairs-r17.jsonl", *CORRECTIONS_ON_R17], ["--outline-topics"]),
     "r22-pref-corrections-one-item": ("r21 plus 176 pairs for forks of one chunk (an outline of one idea): the same "
                                       "answer in plain text (chosen) against the answer cut after 'Overview:' "
                                       "(rejected); 373 pairs, 2 epochs at lr 1e-4",
-                                      ["--pairs", "data/pairs-r17-all.jsonl", "--adapter", "shipped-r17", "--epochs",
-                                       "2", "--lr", "1e-4", "--alpha", "0.5", "--beta", "0.1", "--threads", "2"],
+                                      ["--pairs", "data/pairs-r17-all.jsonl", *CORRECTIONS_ON_R17],
                                       ["--outline-topics"]),
     "r23-pref-corrections-cut": ("r22 with the chosen side cut at the end of the line where the two sides part "
                                  "(scripts/correction_pairs.py --cut-chosen): r22 met its margins by raising whole "
                                  "answers a little while p('Overview') barely moved (0.997 -> 0.991, "
                                  "scripts/pair_margins.py)",
-                                 ["--pairs", "data/pairs-r17-cut.jsonl", "--adapter", "shipped-r17", "--epochs", "2",
-                                  "--lr", "1e-4", "--alpha", "0.5", "--beta", "0.1", "--threads", "2"],
-                                 ["--outline-topics"]),
+                                 ["--pairs", "data/pairs-r17-cut.jsonl", *CORRECTIONS_ON_R17], ["--outline-topics"]),
 }
 # Decoding rows: name -> (what changes, the trained run whose adapter is decoded, extra bench arguments).
 DECODING: dict[str, tuple[str, str, list[str]]] = {
@@ -167,8 +165,8 @@ def run(name: str, threads: int = 1, workers: int = 1) -> None:
         return
     if name in STAGE2:
         out = ROOT / "runs" / "abl" / name
-        args = [_shipped(a) if a in SHIPPED else a for a in STAGE2[name][1]]
-        decoding = STAGE2[name][2] if len(STAGE2[name]) > 2 else ["--no-outline-topics"]
+        _, pref_args, decoding = STAGE2[name]
+        args = [_shipped(a) if a in SHIPPED else a for a in pref_args]
         subprocess.run([PY, "-m", "pasta.cli", "train", "pref", "--out", str(out), *args], check=True, cwd=ROOT)
         _evaluate(name, ["--adapter", str(out / "round-1" / "adapter"), *decoding], workers)
         return
@@ -274,7 +272,7 @@ def table() -> str:
     lines = ["| run | what changes | complete | uses promise | promises / answer | reaches sync | repeated topics "
              "| duplicate chunks | guards fired | theoretical speedup (complete / complete promise-using) | repetition |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    rows = [(name, what) for name, (what, _, _) in RUNS.items()] + [(name, entry[0]) for name, entry in STAGE2.items()]
+    rows = [(name, what) for name, (what, _, _) in RUNS.items()] + [(name, what) for name, (what, _, _) in STAGE2.items()]
     rows += [(name, what) for name, (what, _, _) in DECODING.items()]
     rows += [(name, what) for name, (what, _, _, _) in ONPOLICY.items()]
     for name, what in rows:

@@ -542,6 +542,9 @@ class MainText:
 
     text: str
 
+    def to_storage(self) -> str:
+        return self.text
+
 
 @dataclass
 class Chunk:
@@ -572,6 +575,9 @@ class Chunk:
 @dataclass
 class SyncMark:
     raw: str = SYNC
+
+    def to_storage(self) -> str:
+        return self.raw
 
 
 Part = MainText | Chunk | SyncMark
@@ -629,15 +635,7 @@ class AnnotatedResponse:
         return strip_tags(self.to_storage())
 
     def to_storage(self) -> str:
-        out: list[str] = []
-        for p in self.parts:
-            if isinstance(p, MainText):
-                out.append(p.text)
-            elif isinstance(p, Chunk):
-                out.append(p.to_storage())
-            else:
-                out.append(p.raw)
-        return "".join(out)
+        return "".join(p.to_storage() for p in self.parts)
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ from .onpolicy import CORRECTING_GUARDS, OnPolicyConfig, copies_a_chunk, keep_re
 
 _REPEAT_RE = re.compile(r"^outline_repeat: outline item (?P<item>'.*'|\".*\") repeats")
 _DONE_RE = re.compile(r'^outline_done: <promise topic="(?P<j>\d+)/(?P<m>\d+)"')
+_OUTLINE_LINE_RE = re.compile("^" + re.escape(OUTLINE_PREFIX) + ".*", re.MULTILINE)  # an outline line, to its end
 _MARKER_RE = re.compile(r"(?:^|\n)(?P<marker>\d+[.)]|[-*])[ \t]*$")  # the list marker before the last promise
 
 
@@ -61,7 +63,7 @@ class CorrectionPair:
     def cut(self) -> CorrectionPair:
         """This pair with the chosen side cut at the end of the line where the two sides part (the whole of a tag
         that line ends in kept; a line that runs to the end of the answer is kept whole, untruncated)."""
-        parted = _common_prefix(self.chosen, self.rejected)
+        parted = len(os.path.commonprefix([self.chosen, self.rejected]))
         end = self.chosen.find("\n", parted + 1)
         if end < 0:
             return self
@@ -78,18 +80,13 @@ def repeat_rejected(chosen: str, item: str) -> str | None:
     """The answer as the model wrote it up to the repeated outline item: the first outline line whose items hold a
     spelling of `item` (by `topic_key`), cut before its final '.', with '; item;' appended. None when no line fits."""
     key = topic_key(item)
-    start = 0
-    while (at := chosen.find(OUTLINE_PREFIX, start)) >= 0:
-        start = at + 1
-        if at > 0 and chosen[at - 1] != "\n":
-            continue
-        end = chosen.find("\n", at)
-        line = chosen[at:end if end >= 0 else len(chosen)].rstrip()
+    for m in _OUTLINE_LINE_RE.finditer(chosen):
+        line = m.group().rstrip()
         if not line.endswith("."):
             continue
         items = line[len(OUTLINE_PREFIX):-1].split(";")
         if key and key in {topic_key(i) for i in items}:
-            return chosen[: at + len(line) - 1] + "; " + item + ";"
+            return chosen[: m.start() + len(line) - 1] + "; " + item + ";"
     return None
 
 
@@ -104,7 +101,7 @@ def done_rejected(chosen: str, index: int, total: int) -> str | None:
     seen_last = False
     between = ""
     for part in parts:
-        raw = _raw(part)
+        raw = part.to_storage()
         if isinstance(part, Chunk):
             if topic_count(part.topic) == (total, total):
                 seen_last = True
@@ -134,13 +131,11 @@ def one_item_pair(row: dict, config: OnPolicyConfig) -> tuple[CorrectionPair | N
     """(pair, why none) for an answer that forked one chunk after an outline line: the plain answer against the
     answer cut after ``Overview:``."""
     annotated = repaired(row["annotated"])
-    at = _outline_start(annotated)
+    outline = _OUTLINE_LINE_RE.search(annotated)
     first_promise = annotated.find("<promise")
-    if at < 0 or first_promise < 0 or at > first_promise:
+    if outline is None or first_promise < 0 or outline.end() > first_promise:  # the line must end before the fork
         return None, "one chunk without an outline"
-    line_end = annotated.find("\n", at)
-    if line_end < 0 or line_end > first_promise:
-        return None, "one chunk without an outline"
+    at, line_end = outline.span()
     if copies_a_chunk(annotated, config.copy_ngram):  # the plain text would say the item twice
         return None, "conclusion copies a chunk"
     chosen = strip_tags(annotated[:at] + annotated[line_end:].lstrip("\n"))
@@ -151,29 +146,6 @@ def one_item_pair(row: dict, config: OnPolicyConfig) -> tuple[CorrectionPair | N
         return None, reason
     return CorrectionPair(f"{row['id']}-one", row["prompt"], "one_item", chosen,
                           annotated[: at + len(OUTLINE_PREFIX.rstrip())]), None
-
-
-def _outline_start(annotated: str) -> int:
-    """Offset of the first outline line (at the start of a line), or -1."""
-    at = annotated.find(OUTLINE_PREFIX)
-    while at > 0 and annotated[at - 1] != "\n":
-        at = annotated.find(OUTLINE_PREFIX, at + 1)
-    return at
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
-
-
-def _raw(part) -> str:
-    if isinstance(part, Chunk):
-        return part.to_storage()
-    if isinstance(part, SyncMark):
-        return part.raw
-    return part.text
 
 
 def correction_pairs(row: dict, config: OnPolicyConfig | None = None) -> tuple[list[CorrectionPair], str | None]:
