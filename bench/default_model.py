@@ -29,11 +29,12 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from pasta.cli_options import add_outline_topics_option, add_quantize_option
+from pasta.cli_options import add_outline_topics_option, add_penalty_options, add_quantize_option
 from pasta.data.sources import alpaca_eval_prompts
 from pasta.decoding import DecodeLimits
 from pasta.eval.answer_stats import aggregate, answer_stats
@@ -58,6 +59,8 @@ def measure(index: int, prompt: str, pasta: Interpreter, original: Interpreter |
         "annotated": result.annotated, "pasta": stats.to_dict(), "wall_async_s": wall_async,
         "warnings": result.stats.warnings, "outline_topics_fed": result.stats.outline_topics_fed,
         "outline_topics": limits.resolved(pasta.decoding_defaults).outline_topics,
+        "presence_penalty": limits.resolved(pasta.decoding_defaults).presence_penalty,
+        "frequency_penalty": limits.resolved(pasta.decoding_defaults).frequency_penalty,
         "quantize": pasta.runner.quantize,
         "chunks": [{"topic": t.topic, "tokens": t.sampled, "close": t.close_reason} for t in result.stats.timeline[1:]],
     }
@@ -66,7 +69,8 @@ def measure(index: int, prompt: str, pasta: Interpreter, original: Interpreter |
         row.update(sequential_complete=seq.stats.finish_reason == "eos", same_as_sequential=seq.text == result.text,
                    wall_sequential_s=wall_seq, wall_speedup=wall_seq / wall_async)
     if original is not None:
-        plain, wall_orig = _timed(original, ids, limits)
+        # The user's alternative: the original model as it decodes by itself (no penalties of ours).
+        plain, wall_orig = _timed(original, ids, replace(limits, presence_penalty=0.0, frequency_penalty=0.0))
         orig_stats = answer_stats(plain, original.tokenizer)
         row["original"] = {"output": plain.text, "complete": orig_stats.complete, "wall_s": wall_orig,
                            "plain_tokens": orig_stats.plain_tokens, "repetition": orig_stats.repetition}
@@ -116,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary", default=None, help="also write the summary JSON here")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     add_outline_topics_option(parser)
+    add_penalty_options(parser)
     add_quantize_option(parser)
     parser.add_argument("--workers", type=int, default=1,
                         help="decode in this many processes (contiguous shards; needs --out), then merge")
@@ -132,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     original = None if args.no_original else Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=False,
                                                                          quantize=args.quantize)
     limits = DecodeLimits(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_new_tokens,
-                          outline_topics=args.outline_topics)
+                          outline_topics=args.outline_topics, presence_penalty=args.presence_penalty,
+                          frequency_penalty=args.frequency_penalty)
     prompts = alpaca_eval_prompts()
     end = len(prompts) if args.limit is None else args.offset + args.limit
     chosen = list(range(args.offset, min(end, len(prompts))))
@@ -159,12 +165,22 @@ def main(argv: list[str] | None = None) -> int:
 def _report(args, model_name: str, rows: list[dict]) -> int:
     summary = {"model": model_name, "dtype": args.dtype, "quantize": args.quantize, "max_new_tokens": args.max_new_tokens,
                "offset": args.offset, "threads": args.threads, "workers": args.workers,
-               "outline_topics": _outline_topics(rows), **aggregate(rows)}
+               "outline_topics": _outline_topics(rows), **_penalties(rows), **aggregate(rows)}
     summary["targets"] = targets(summary)
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))
     return 0
+
+
+def _penalties(rows: list[dict]) -> dict:
+    """The presence/frequency penalties the answers were decoded with: one value each, or 'mixed' (rows written
+    before the penalties existed had none: 0)."""
+    found = {}
+    for key in ("presence_penalty", "frequency_penalty"):
+        values = {row.get(key, 0.0) for row in rows}
+        found[key] = values.pop() if len(values) == 1 else "mixed"
+    return found
 
 
 def _outline_topics(rows: list[dict]) -> bool | str | None:

@@ -41,6 +41,15 @@ def add_limit_options(p: argparse.ArgumentParser, *, max_new_tokens: bool = True
     p.add_argument("--max-thread-tokens", type=int, default=256, help="sampled tokens of one async chunk")
     p.add_argument("--max-threads", type=int, default=8, help="async chunks decoding at the same time")
     add_outline_topics_option(p)
+    add_penalty_options(p)
+
+
+def add_penalty_options(p: argparse.ArgumentParser) -> None:
+    """`--presence-penalty` / `--frequency-penalty` (DecodeLimits; unset: as the model records, else 0)."""
+    for name in ("presence", "frequency"):
+        p.add_argument(f"--{name}-penalty", type=float, default=None,
+                       help=f"OpenAI's {name}_penalty in [-2, 2], on the words each thread wrote itself (tags, numbers "
+                            "and punctuation exempt; default: as the model records in pasta_decoding.json, else 0)")
 
 
 def add_outline_topics_option(p: argparse.ArgumentParser) -> None:
@@ -53,7 +62,9 @@ def add_outline_topics_option(p: argparse.ArgumentParser) -> None:
 def limits_from_args(args) -> DecodeLimits:
     return DecodeLimits(max_new_tokens=getattr(args, "max_new_tokens", DecodeLimits.max_new_tokens),
                         max_thread_tokens=args.max_thread_tokens, max_threads=args.max_threads,
-                        outline_topics=getattr(args, "outline_topics", None))
+                        outline_topics=getattr(args, "outline_topics", None),
+                        presence_penalty=getattr(args, "presence_penalty", None),
+                        frequency_penalty=getattr(args, "frequency_penalty", None))
 
 
 def add_sampling_options(p: argparse.ArgumentParser, *, seed: int | None = None) -> None:

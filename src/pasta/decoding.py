@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Literal
+
+import torch
 
 from .detok import IncrementalDetokenizer
 from .forcing import encode_piece
@@ -48,6 +51,7 @@ from .lang import (
     topic_key,
 )
 from .layout import MAIN, Layout, LayoutConfig, StepInputs
+from .penalties import WordPenalty, check_penalty
 from .results import GenerationResult, build_stats
 
 Mode = Literal["async", "sequential"]
@@ -96,14 +100,27 @@ class DecodeLimits:
     # and refused with a forced <sync/> (guard outline_done): it would repeat an item or go past the plan.
     # None: as the model was trained (`pasta_decoding.json` beside its adapter, see `resolved`); off when unknown.
     outline_topics: bool | None = None
+    # Presence and frequency penalties (OpenAI's semantics, in [-2, 2]) on the words a thread has sampled itself
+    # (`pasta.penalties`: per thread, tag syntax, numbers and punctuation exempt). None: as the model records (0 when
+    # unknown). Not applied under teacher forcing.
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
     def resolved(self, model_defaults: dict) -> DecodeLimits:
         """These limits with the fields left None taken from a model's recorded decoding conventions."""
-        if self.outline_topics is not None:
-            return self
-        return replace(self, outline_topics=bool(model_defaults.get("outline_topics", False)))
+        return replace(
+            self,
+            outline_topics=bool(model_defaults.get("outline_topics", False)) if self.outline_topics is None
+            else self.outline_topics,
+            presence_penalty=float(model_defaults.get("presence_penalty", 0.0)) if self.presence_penalty is None
+            else self.presence_penalty,
+            frequency_penalty=float(model_defaults.get("frequency_penalty", 0.0)) if self.frequency_penalty is None
+            else self.frequency_penalty,
+        )
 
     def __post_init__(self) -> None:
+        check_penalty("presence_penalty", self.presence_penalty)
+        check_penalty("frequency_penalty", self.frequency_penalty)
         for name in ("max_new_tokens", "max_thread_tokens", "max_threads", "max_promises", "max_promises_per_sync"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -139,6 +156,7 @@ class _Thread:
     forks: list[Promise] = field(default_factory=list)  # promises completed by the pending token
     forced: list[int] | None = None  # teacher forcing: the tokens this thread must produce
     inject: list[int] = field(default_factory=list)  # a guard's tokens, taken instead of the next samples
+    words: Counter = field(default_factory=Counter)  # sampled word tokens (WordPenalty)
     opened: bool = False
     closed: bool = False
 
@@ -198,6 +216,9 @@ class Decoding:
         self._outline_guard = bool(self.limits.outline_topics) and not self._teacher
         self._past_outline = False  # the promise being opened comes after the outline's last item (outline_done)
         self._semicolon_text: dict[int, str | None] = {}  # token -> its text before a ';', None without (outline guard)
+        presence, frequency = self.limits.presence_penalty or 0.0, self.limits.frequency_penalty or 0.0
+        self._penalty = WordPenalty(tokenizer, presence, frequency) if (presence or frequency) and not self._teacher \
+            else None
 
     @property
     def forced(self) -> bool:
@@ -341,6 +362,14 @@ class Decoding:
         """Thread index of each logit row of the last step."""
         return list(self._samplers)
 
+    def penalize(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logit rows of the last step with each thread's presence/frequency penalties applied (DecodeLimits;
+        `logits` itself when there are none). The sampler chooses from these."""
+        if self._penalty is None or not self._samplers:
+            return logits
+        rows = [self._penalty.apply(row, self.threads[index].words) for row, index in zip(logits, self._samplers)]
+        return torch.stack(rows)
+
     def _take(self, thread: _Thread, token: int) -> None:
         self.sampled += 1
         thread.trace.sampled += 1
@@ -348,6 +377,8 @@ class Decoding:
             self._end_thread(thread, "eos")
             return
         thread.tokens.append(token)
+        if self._penalty is not None:
+            self._penalty.count(thread.words, token)
         self._consume(thread, token, count=True)
         if thread.state == "done":
             return

@@ -47,6 +47,7 @@ class Program(Protocol):
     def sampler_threads(self) -> list[int]: ...
     def advance(self, sampled: list[int]) -> list[int]: ...
     def result(self, wall_s: float) -> Any: ...
+    # Optional: `penalize(logits) -> logits` adjusts the last step's logit rows before sampling (Decoding's penalties).
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,9 @@ class Engine:
     def _sample(self, seq: Sequence, rows: torch.Tensor) -> None:
         decoding = seq.decoding
         threads = decoding.sampler_threads
-        taken = decoding.advance(sample(rows, seq.sampling, seq.streams, threads))
+        penalize = getattr(decoding, "penalize", None)  # optional: a Decoding's presence/frequency penalties
+        choices = penalize(rows) if penalize is not None and threads else rows
+        taken = decoding.advance(sample(choices, seq.sampling, seq.streams, threads))
         if not threads:  # a prefill piece samples nothing
             return
         if seq.record_logprobs:

@@ -18,6 +18,7 @@ from .decoding import DecodeLimits, Decoding, Mode
 from .engine import SINGLE, Engine, Program, Sequence
 from .forcing import forced_program
 from .layout import LayoutConfig
+from .penalties import check_penalty
 from .results import GenerationResult, RunStats, build_stats  # noqa: F401  (re-exported: the public result types)
 from .runner import ModelRunner
 from .sampling import SamplingParams
@@ -186,7 +187,9 @@ def _recorded_file(loaded, name: str):
     return None
 
 
-DECODING_CONVENTIONS = {"outline_topics": bool}  # what pasta_decoding.json may record
+# What pasta_decoding.json may record: DecodeLimits fields a request leaves None take these values.
+DECODING_CONVENTIONS: dict[str, type | tuple[type, ...]] = {
+    "outline_topics": bool, "presence_penalty": (int, float), "frequency_penalty": (int, float)}
 
 
 def decoding_defaults_for(loaded) -> dict:
@@ -208,6 +211,12 @@ def decoding_defaults_for(loaded) -> dict:
         kind = DECODING_CONVENTIONS.get(key)
         if kind is None:
             raise ValueError(f"{path}: unknown decoding convention {key!r} (known: {sorted(DECODING_CONVENTIONS)})")
-        if not isinstance(value, kind):
-            raise ValueError(f"{path}: {key} must be {kind.__name__}, got {value!r}")
+        number = kind != bool
+        if not isinstance(value, kind) or (number and isinstance(value, bool)):
+            raise ValueError(f"{path}: {key} must be {'a number' if number else 'true or false'}, got {value!r}")
+        if number:
+            try:
+                check_penalty(key, value)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
     return found

@@ -44,5 +44,5 @@ def reference_generate(
         rows = [inputs.slots[i] for i in inputs.logit_rows]
         logits = logits_all[rows]
         trace.append((decoding.sampler_threads, logits))
-        decoding.advance(sample(logits, sampling, streams, decoding.sampler_threads))
+        decoding.advance(sample(decoding.penalize(logits), sampling, streams, decoding.sampler_threads))
     return trace

@@ -20,9 +20,11 @@ class DecodeSettings:
 
     @property
     def limits(self) -> DecodeLimits:
-        # outline_topics: None (as the model records) unless the config has the field and sets it
+        # outline_topics, penalties: None (as the model records) unless the config has the field and sets it
         return DecodeLimits(self.max_new_tokens, self.max_thread_tokens, self.max_threads,
-                            outline_topics=getattr(self, "outline_topics", None))
+                            outline_topics=getattr(self, "outline_topics", None),
+                            presence_penalty=getattr(self, "presence_penalty", None),
+                            frequency_penalty=getattr(self, "frequency_penalty", None))
 
     @property
     def sampling(self) -> SamplingParams:

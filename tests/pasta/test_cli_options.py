@@ -57,6 +57,22 @@ def test_outline_topics_reach_every_commands_limits(tmp_path):
         assert eval_config_from_args(args).limits.outline_topics is value
 
 
+def test_penalties_reach_every_commands_limits(tmp_path):
+    """--presence-penalty / --frequency-penalty reach generate, serve (its default for requests) and eval; unset is
+    None (the model's recorded value); out of [-2, 2] is an error."""
+    from pasta.eval.cli import config_from_args as eval_config_from_args
+    from pasta.serve.cli import serve_config_from_args
+
+    parser = build_parser()
+    for extra, value in (([], (None, None)), (["--presence-penalty", "0.5", "--frequency-penalty", "-1"], (0.5, -1.0))):
+        pairs = [limits_from_args(parser.parse_args(["generate", "hi", *extra])),
+                 serve_config_from_args(parser.parse_args(["serve", *extra])).limits(8),
+                 eval_config_from_args(parser.parse_args(["eval", "--out", str(tmp_path), *extra])).limits]
+        assert [(limits.presence_penalty, limits.frequency_penalty) for limits in pairs] == [value] * 3
+    with pytest.raises(ValueError, match="presence_penalty must be a number in"):
+        serve_config_from_args(parser.parse_args(["serve", "--presence-penalty", "3"]))
+
+
 def test_every_config_validates_and_derives_through_decode_limits_and_sampling_params(tmp_path):
     from pasta.eval.runner import EvalConfig
     from pasta.serve.config import ServeConfig

@@ -33,7 +33,7 @@ def test_no_file_means_no_conventions(tmp_path):
     ("{", "not JSON"),
     ("[true]", "expected a JSON object"),
     ('{"outline_topic": true}', "unknown decoding convention 'outline_topic'"),
-    ('{"outline_topics": "yes"}', "outline_topics must be bool"),
+    ('{"outline_topics": "yes"}', "outline_topics must be true or false"),
 ])
 def test_a_bad_file_is_a_clear_error_naming_it(tmp_path, content, message):
     with pytest.raises(ValueError, match=message) as info:

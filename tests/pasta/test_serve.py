@@ -122,6 +122,17 @@ def test_sequential_field_and_annotated(client):
     assert out["choices"][0]["message"]["content"] == out["pasta"]["annotated"]
 
 
+def test_penalties_reach_the_decoder(client, interp, monkeypatch):
+    """A request's presence/frequency_penalty become its DecodeLimits (unset: None, the model's recorded value)."""
+    started = []
+    start = interp.start
+    monkeypatch.setattr(interp, "start", lambda *a, **kw: started.append(start(*a, **kw)) or started[-1])
+    body = chat_body("hello", presence_penalty=1.5, frequency_penalty=-0.5)
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+    assert client.post("/v1/chat/completions", json=chat_body("hello")).status_code == 200
+    assert [(d.limits.presence_penalty, d.limits.frequency_penalty) for d in started] == [(1.5, -0.5), (0.0, 0.0)]
+
+
 # -- bad input ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path,body,param", [
     ("/v1/chat/completions", b'{"model": "tiny-llama", "messages": [', None),  # malformed JSON
@@ -140,6 +151,8 @@ def test_sequential_field_and_annotated(client):
     ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": -1},
      "temperature"),
     ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "presence_penalty": 2.5},
+     "presence_penalty"),
     ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": "yes"},
      "stream"),
     ("/v1/completions", {"model": MODEL, "prompt": 42}, "prompt"),

@@ -67,6 +67,8 @@ class EvalConfig(DecodeSettings):
     bootstrap: int = 2000
     plots: bool = True
     outline_topics: bool | None = None  # DecodeLimits.outline_topics (None: as the model records)
+    presence_penalty: float | None = None  # DecodeLimits (None: as the model records)
+    frequency_penalty: float | None = None
 
     def __post_init__(self) -> None:
         self.systems = tuple(dict.fromkeys(self.systems))

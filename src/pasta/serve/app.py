@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -153,7 +154,11 @@ def create_app(interpreter: Interpreter, config: ServeConfig | None = None, *,
             raise APIError(400, f"the prompt has {len(ids)} tokens; this server allows at most "
                                 f"{config.max_prompt_tokens}", param="prompt", code="context_length_exceeded")
         mode = body.pasta.mode or ("sequential" if config.sequential else "async")
-        decoding = interpreter.start(ids, limits=config.limits(max_tokens), mode=mode)
+        limits = config.limits(max_tokens)
+        for name in ("presence_penalty", "frequency_penalty"):  # a request's own value wins over the server's
+            if getattr(body, name) is not None:
+                limits = replace(limits, **{name: getattr(body, name)})
+        decoding = interpreter.start(ids, limits=limits, mode=mode)
         sampling = SamplingParams(temperature=body.temperature, top_p=body.top_p, seed=body.seed)
         return Job(decoding=decoding, sampling=sampling, loop=asyncio.get_running_loop(), stops=body.stops(),
                    annotated=body.pasta.annotated)

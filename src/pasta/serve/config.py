@@ -19,6 +19,9 @@ class ServeConfig:
     max_thread_tokens: int = 256  # per async chunk
     max_threads: int = 8  # async chunks of one request decoding at once
     outline_topics: bool | None = None  # DecodeLimits.outline_topics (None: as the model records)
+    # Penalties for requests that leave them unset (DecodeLimits; None: as the model records).
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     sequential: bool = False  # default decoding mode; a request may override it
     served_model_name: str | None = None  # what /v1/models lists (default: the model's own name)
     prefill_chunk: int | None = 128  # prompt tokens per step while prefilling (None: a whole prompt in one step)
@@ -40,10 +43,12 @@ class ServeConfig:
         for name in ("stuck_after_s", "shutdown_timeout_s"):
             if not isinstance(getattr(self, name), int | float) or not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r}")
+        self.limits(1)  # DecodeLimits validates the penalties
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("default_max_tokens must be <= max_tokens_limit")
 
     def limits(self, max_tokens: int) -> DecodeLimits:
         """One request's budgets: its own `max_tokens`, this server's per-chunk and parallelism limits."""
         return DecodeLimits(max_new_tokens=max_tokens, max_thread_tokens=min(max_tokens, self.max_thread_tokens),
-                            max_threads=self.max_threads, outline_topics=self.outline_topics)
+                            max_threads=self.max_threads, outline_topics=self.outline_topics,
+                            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..penalties import PENALTY_RANGE
 from ..sampling import SEED_MAX, SEED_MIN
 
 
@@ -69,8 +70,9 @@ class _Common(_Strict):
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)  # one choice per request
     user: str | None = None
-    presence_penalty: float = Field(default=0.0, ge=0.0, le=0.0)
-    frequency_penalty: float = Field(default=0.0, ge=0.0, le=0.0)
+    # On the words each thread wrote itself (pasta.penalties); unset: as the model records (pasta_decoding.json).
+    presence_penalty: float | None = Field(default=None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
+    frequency_penalty: float | None = Field(default=None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
     pasta: PastaOptions = Field(default_factory=PastaOptions)
 
     @field_validator("stop")
