@@ -11,6 +11,9 @@ kept (stage1_* when a second round replaces the first); --keep-as-stage1 is --ke
 
 A Stage-2 round's adapter (`pasta train pref`: OUT/round-K/adapter, stage 1 folded in) comes with that round's
 records instead of the fine-tune's: pref_config.json, pref_done.json and pref_train_log.jsonl.
+
+--decoding KEY=VALUE (repeatable) records a decoding convention over the run's own pasta_decoding.json, e.g.
+`--decoding presence_penalty=0.5`: requests that leave it unset are decoded with it (docs/pasta-lang.md).
 """
 
 from __future__ import annotations
@@ -37,7 +40,23 @@ def _sources(out: Path) -> dict[str, Path]:
     return {name: out / name for name in RECORDS}
 
 
-def install(out: Path, dest: Path, keep_as: str | None = None) -> None:
+def parse_decoding(items: list[str]) -> dict:
+    """KEY=VALUE pairs (JSON values: true, 0.5) -> conventions, checked as `decoding_defaults_for` checks a file."""
+    from pasta.interpreter import DECODING_CONVENTIONS
+
+    found = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in DECODING_CONVENTIONS:
+            raise SystemExit(f"--decoding {item!r}: expected KEY=VALUE with KEY one of {sorted(DECODING_CONVENTIONS)}")
+        try:
+            found[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise SystemExit(f"--decoding {item!r}: {value!r} is not a JSON value (true, false, 0.5)") from None
+    return found
+
+
+def install(out: Path, dest: Path, keep_as: str | None = None, decoding: dict | None = None) -> None:
     sources = _sources(out)
     missing = [str(path) for path in (out / "adapter_model.safetensors", *sources.values()) if not path.is_file()]
     if missing:
@@ -65,6 +84,18 @@ def install(out: Path, dest: Path, keep_as: str | None = None) -> None:
     config = json.loads((dest / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = "default"  # the embedded model, not this machine's cache path
     (dest / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    if decoding:
+        from types import SimpleNamespace
+
+        from pasta.interpreter import decoding_defaults_for
+
+        recorded = json.loads((dest / "pasta_decoding.json").read_text())
+        (dest / "pasta_decoding.json").write_text(json.dumps({**recorded, **decoding}))
+        try:
+            decoding_defaults_for(SimpleNamespace(adapter=str(dest), path=None))
+        except ValueError as exc:  # leave the run's own conventions, not a file decoding would refuse
+            (dest / "pasta_decoding.json").write_text(json.dumps(recorded))
+            raise SystemExit(f"--decoding: {exc}") from None
     if keep is not None:
         card.write_text(keep)
     for name, data in kept.items():
@@ -83,6 +114,8 @@ if __name__ == "__main__":
     keep.add_argument("--keep-as", metavar="PREFIX", help="keep the replaced adapter's training records as PREFIX_*")
     keep.add_argument("--keep-as-stage1", action="store_const", const="stage1", dest="keep_as",
                       help="the same as --keep-as stage1")
+    parser.add_argument("--decoding", action="append", default=[], metavar="KEY=VALUE",
+                        help="record a decoding convention in pasta_decoding.json, e.g. presence_penalty=0.5")
     args = parser.parse_args()
-    install(Path(args.run), Path(args.dest), args.keep_as)
+    install(Path(args.run), Path(args.dest), args.keep_as, parse_decoding(args.decoding))
     print(f"adapter {args.run} installed in {args.dest}")

@@ -88,3 +88,17 @@ def test_an_unfinished_round_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="train_log.jsonl"):
         install_adapter.install(adapter, tmp_path / "dest")
     assert not (tmp_path / "dest").exists()
+
+
+def test_decoding_conventions_are_recorded_over_the_runs_own(tmp_path):
+    dest = tmp_path / "default-adapter"
+    run = _run(tmp_path / "r17", "r17")
+    (run / "pasta_decoding.json").write_text('{"outline_topics": true}')
+    install_adapter.install(run, dest, decoding=install_adapter.parse_decoding(["presence_penalty=0.5"]))
+    assert json.loads((dest / "pasta_decoding.json").read_text()) == {"outline_topics": True, "presence_penalty": 0.5}
+    with pytest.raises(SystemExit, match="presence_penalty must be a number in"):
+        install_adapter.install(run, dest, decoding={"presence_penalty": 7})
+    assert json.loads((dest / "pasta_decoding.json").read_text()) == {"outline_topics": True}
+    for bad in (["presence_penalty"], ["presence=0.5"], ["presence_penalty=half"]):
+        with pytest.raises(SystemExit, match="--decoding"):
+            install_adapter.parse_decoding(bad)
