@@ -120,6 +120,11 @@ DECODING: dict[str, tuple[str, str, list[str]]] = {
                         "outline)", "r16-v5-outline-plain736", ["--outline-topics"]),
     "r16-shipped": ("the shipped r16 adapter (bf16) decoded as shipped: r16-outline-fed plus the outline-done guard "
                     "(a promise past the outline is refused as it opens)", "shipped-r16", ["--outline-topics"]),
+    **{f"r17-presence-{p}": (f"the shipped r17 decoded with a presence penalty of {p} on each thread's own words "
+                             "(pasta.penalties)", "shipped-r17", ["--outline-topics", "--presence-penalty", p])
+       for p in ("0.3", "0.5", "0.8", "1.2")},
+    "r17-presence-0.5-frequency-0.3": ("r17-presence-0.5 plus a frequency penalty of 0.3", "shipped-r17",
+                                       ["--outline-topics", "--presence-penalty", "0.5", "--frequency-penalty", "0.3"]),
 }
 # On-policy rows: name -> (what changes, adapter to continue from, data, extra `pasta train sft` arguments). The data
 # is the starting model's own greedy answers to ShareGPT instructions with its guards on, filtered

@@ -25,3 +25,27 @@ def test_worker_arguments_drop_options_with_values_and_flags_alone():
     # `--x=v` and `--x v` alike; a value that looks like an option name is still a value
     assert bench._without(["--out=a", "--offset", "--json", "--dtype", "bfloat16"], ("--out", "--offset")) == \
         ["--dtype", "bfloat16"]
+
+
+def test_rows_record_the_penalties_and_the_original_decodes_without_them():
+    """A row says which penalties its answer was decoded with (the model's recorded value here); the original model,
+    the user's alternative, decodes as it does by itself."""
+    from tiny import ByteTokenizer, tiny_model
+
+    from pasta.decoding import DecodeLimits
+    from pasta.interpreter import Interpreter
+
+    bench = _bench()
+    tok = ByteTokenizer()
+    pasta = Interpreter(tiny_model("llama", seed=1), tok, decoding_defaults={"presence_penalty": 1.5})
+    original = Interpreter(tiny_model("llama", seed=1), tok)  # the same weights, no recorded penalty
+    limits = DecodeLimits(max_new_tokens=30, max_thread_tokens=30)
+    row = bench.measure(0, "write words", pasta, original, limits, sequential=False)
+    assert (row["presence_penalty"], row["frequency_penalty"]) == (1.5, 0.0)
+    alone = original.generate(original.prompt_ids("write words"), limits=limits)
+    assert row["original"]["output"] == alone.text != row["output"]
+    explicit = bench.measure(0, "write words", original, original, DecodeLimits(
+        max_new_tokens=30, max_thread_tokens=30, presence_penalty=1.5), sequential=False)
+    assert explicit["output"] == row["output"] and explicit["original"]["output"] == alone.text
+    assert bench._penalties([row, dict(row)]) == {"presence_penalty": 1.5, "frequency_penalty": 0.0}
+    assert bench._penalties([row, {}])["presence_penalty"] == "mixed"  # a row from before penalties existed: 0
