@@ -125,6 +125,10 @@ DECODING: dict[str, tuple[str, str, list[str]]] = {
        for p in ("0.3", "0.5", "0.8", "1.2")},
     "r17-presence-0.5-frequency-0.3": ("r17-presence-0.5 plus a frequency penalty of 0.3", "shipped-r17",
                                        ["--outline-topics", "--presence-penalty", "0.5", "--frequency-penalty", "0.3"]),
+    "r20-presence-0.5": ("r20-onpolicy-best-of-4 decoded with a presence penalty of 0.5", "r20-onpolicy-best-of-4",
+                         ["--outline-topics", "--presence-penalty", "0.5"]),
+    "r21-presence-0.5": ("r21-pref-corrections decoded with a presence penalty of 0.5",
+                         "r21-pref-corrections/round-1/adapter", ["--outline-topics", "--presence-penalty", "0.5"]),
 }
 # On-policy rows: name -> (what changes, adapter to continue from, data, extra `pasta train sft` arguments). The data
 # is the starting model's own greedy answers to ShareGPT instructions with its guards on, filtered
