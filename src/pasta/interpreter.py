@@ -18,7 +18,6 @@ from .decoding import DecodeLimits, Decoding, Mode
 from .engine import SINGLE, Engine, Program, Sequence
 from .forcing import forced_program
 from .layout import LayoutConfig
-from .penalties import check_penalty
 from .results import GenerationResult, RunStats, build_stats  # noqa: F401  (re-exported: the public result types)
 from .runner import ModelRunner
 from .sampling import SamplingParams
@@ -214,9 +213,8 @@ def decoding_defaults_for(loaded) -> dict:
         number = kind != bool
         if not isinstance(value, kind) or (number and isinstance(value, bool)):
             raise ValueError(f"{path}: {key} must be {'a number' if number else 'true or false'}, got {value!r}")
-        if number:
-            try:
-                check_penalty(key, value)
-            except ValueError as exc:
-                raise ValueError(f"{path}: {exc}") from None
+        try:  # every convention is a DecodeLimits field: its own validation (e.g. a penalty's range) applies
+            DecodeLimits(**{key: value})
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
     return found
