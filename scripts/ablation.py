@@ -130,29 +130,38 @@ DECODING: dict[str, tuple[str, str, list[str]]] = {
     "r21-presence-0.5": ("r21-pref-corrections decoded with a presence penalty of 0.5",
                          "r21-pref-corrections/round-1/adapter", ["--outline-topics", "--presence-penalty", "0.5"]),
 }
-# On-policy rows: name -> (what changes, adapter to continue from, data, extra `pasta train sft` arguments). The data
+# On-policy rows: name -> (what changes, adapter to continue from, data, extra `pasta train sft` arguments, bench
+# decoding arguments: as its starting point was when its data was generated). The data
 # is the starting model's own greedy answers to ShareGPT instructions with its guards on, filtered
 # (scripts/onpolicy_distill.py, pasta.data.onpolicy).
-ONPOLICY: dict[str, tuple[str, str, list[str], list[str]]] = {
+OUTLINED = ["--outline-topics"]  # decoded with outline topics and their guards, as r16 and r17 record
+ONPOLICY: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
     "r17-onpolicy": ("one round of on-policy self-distillation on the shipped r16: its own answers to 640 ShareGPT "
                      "instructions, decoded with its guards, kept when clean (guard-corrected outlines included), "
                      "2 epochs at lr 2e-4", "shipped-r16", ["data/sft-onpolicy-r16.jsonl"],
-                     ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"]),
+                     ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"], OUTLINED),
     "r18-onpolicy-strict": ("a second round on r17, rejection sampling: r17's own answers to 640 other ShareGPT "
                             "instructions (shuffle seed 2), kept only when no guard touched them, the fork saves "
                             ">= 1.3x and no chunk runs on into the next item",
                             "shipped-r17", ["data/sft-onpolicy-r17.jsonl"],
-                            ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"]),
+                            ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"], OUTLINED),
     "r19-onpolicy-fallback": ("r18 plus a plain target for every prompt on which r17 forked and a guard stepped in: "
                               "the base model's own plain answer to it, kept when it ends by EOS and repeats little "
                               "(scripts/onpolicy_distill.py --fallback-out/--fallback-kept)",
                               "shipped-r17", ["data/sft-onpolicy-r17.jsonl", "data/sft-fallback-r17.jsonl"],
-                              ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"]),
+                              ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"], OUTLINED),
     "r20-onpolicy-best-of-4": ("r18 without refusals (--drop-evasive) plus, for each prompt on which r17 forked and a "
                                "guard stepped in, the fastest clean fork among 4 answers sampled at temperature 0.7, "
                                "top-p 0.9 (--guarded-prompts-of --samples 4 --best-per-prompt --forked-only)",
                                "shipped-r17", ["data/sft-onpolicy-r17-noevasive.jsonl", "data/sft-sampled-r17.jsonl"],
-                               ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"]),
+                               ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"], OUTLINED),
+    "r24-onpolicy-presence": ("r18 with its data decoded with the presence penalty 0.5 (r17's default since 2026-12-06): "
+                              "r17's own answers to the same 640 ShareGPT instructions, kept only when no guard "
+                              "touched them, the fork saves >= 1.3x, no chunk runs on and no refusal "
+                              "(--clean-only --one-item-per-chunk --min-fork-speedup 1.3 --drop-evasive); decoded "
+                              "with the penalty", "shipped-r17", ["data/sft-onpolicy-r17p.jsonl"],
+                              ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"],
+                              [*OUTLINED, "--presence-penalty", "0.5"]),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 
@@ -164,13 +173,12 @@ def run(name: str, threads: int = 1, workers: int = 1) -> None:
         _evaluate(name, ["--adapter", folder, *DECODING[name][2]], workers)
         return
     if name in ONPOLICY:
-        _, init, data, extra = ONPOLICY[name]
+        _, init, data, extra, decoding = ONPOLICY[name]
         init = _shipped(init) if init in SHIPPED else init
         out = ROOT / "runs" / "abl" / name
         subprocess.run([PY, "-m", "pasta.cli", "train", "sft", "--init-adapter", init, "--data", *data, "--out",
                         str(out), *COMMON, *extra, "--threads", str(threads)], check=True, cwd=ROOT)
-        # Decoded as its starting point was when its data was generated (outline topics and guards on).
-        _evaluate(name, ["--adapter", str(out), "--outline-topics"], workers)
+        _evaluate(name, ["--adapter", str(out), *decoding], workers)
         return
     if name in STAGE2:
         out = ROOT / "runs" / "abl" / name
@@ -283,7 +291,7 @@ def table() -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [(name, what) for name, (what, _, _) in RUNS.items()] + [(name, what) for name, (what, _, _) in STAGE2.items()]
     rows += [(name, what) for name, (what, _, _) in DECODING.items()]
-    rows += [(name, what) for name, (what, _, _, _) in ONPOLICY.items()]
+    rows += [(name, what) for name, (what, *_) in ONPOLICY.items()]
     for name, what in rows:
         path = RESULTS / f"{name}.summary.json"
         if not path.is_file():
