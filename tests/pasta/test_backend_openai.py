@@ -126,3 +126,13 @@ def test_remote_config_validates_through_the_interpreters_config_types():
                        ({"top_p": 0.0}, "top_p"), ({"seed": 2**70}, "seed")):
         with pytest.raises(ValueError, match=match):
             RemoteConfig(base_url="http://unused", **bad)
+
+
+def test_penalties_are_refused_for_the_remote_backend(capsys):
+    """A remote server's presence_penalty counts every token of the whole text: ours is per thread, tags exempt.
+    Asking for it with --backend openai is a clear error, not a silent no-op."""
+    from pasta.cli import main
+
+    assert main(["generate", "hi", "--backend", "openai", "--base-url", "http://unused/v1",
+                 "--presence-penalty", "0.5"]) == 2
+    assert "--presence-penalty: our penalties apply to local decoding only" in capsys.readouterr().err

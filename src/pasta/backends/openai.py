@@ -307,6 +307,11 @@ def generate_from_args(args) -> GenerationResult:
     """`pasta generate --backend openai ...`: what the CLI calls (args as parsed by `pasta generate`)."""
     if not args.base_url:
         raise ValueError("--backend openai needs --base-url URL")
+    asked = [f"--{name.replace('_', '-')}" for name in ("presence_penalty", "frequency_penalty")
+             if getattr(args, name, None) is not None]
+    if asked:  # a remote server's own penalty would also count tag syntax and the other threads' words
+        raise ValueError(f"{' and '.join(asked)}: our penalties apply to local decoding only (per thread, tags "
+                         "exempt); --backend openai cannot honour them")
     config = RemoteConfig(
         base_url=args.base_url, model=args.remote_model, max_new_tokens=args.max_new_tokens,
         max_thread_tokens=args.max_thread_tokens, max_threads=args.max_threads, temperature=args.temperature,
