@@ -54,13 +54,13 @@ def measure(index: int, prompt: str, pasta: Interpreter, original: Interpreter |
     ids = pasta.prompt_ids(prompt)
     result, wall_async = _timed(pasta, ids, limits)
     stats = answer_stats(result, pasta.tokenizer)
+    used = limits.resolved(pasta.decoding_defaults)  # what the answer was decoded with
     row = {
         "index": index, "id": f"alpaca_eval:{index}", "instruction": prompt, "output": result.text,
         "annotated": result.annotated, "pasta": stats.to_dict(), "wall_async_s": wall_async,
         "warnings": result.stats.warnings, "outline_topics_fed": result.stats.outline_topics_fed,
-        "outline_topics": limits.resolved(pasta.decoding_defaults).outline_topics,
-        "presence_penalty": limits.resolved(pasta.decoding_defaults).presence_penalty,
-        "frequency_penalty": limits.resolved(pasta.decoding_defaults).frequency_penalty,
+        "outline_topics": used.outline_topics, "presence_penalty": used.presence_penalty,
+        "frequency_penalty": used.frequency_penalty,
         "quantize": pasta.runner.quantize,
         "chunks": [{"topic": t.topic, "tokens": t.sampled, "close": t.close_reason} for t in result.stats.timeline[1:]],
     }

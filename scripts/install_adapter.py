@@ -41,19 +41,26 @@ def _sources(out: Path) -> dict[str, Path]:
 
 
 def parse_decoding(items: list[str]) -> dict:
-    """KEY=VALUE pairs (JSON values: true, 0.5) -> conventions, checked as `decoding_defaults_for` checks a file."""
-    from pasta.interpreter import DECODING_CONVENTIONS
-
+    """KEY=VALUE pairs (JSON values: true, 0.5) -> conventions, checked as decoding checks pasta_decoding.json."""
     found = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in DECODING_CONVENTIONS:
-            raise SystemExit(f"--decoding {item!r}: expected KEY=VALUE with KEY one of {sorted(DECODING_CONVENTIONS)}")
+        if not sep:
+            raise SystemExit(f"--decoding {item!r}: expected KEY=VALUE, e.g. presence_penalty=0.5")
         try:
             found[key] = json.loads(value)
         except json.JSONDecodeError:
             raise SystemExit(f"--decoding {item!r}: {value!r} is not a JSON value (true, false, 0.5)") from None
-    return found
+    return _checked(found)
+
+
+def _checked(conventions: dict) -> dict:
+    from pasta.interpreter import check_decoding_conventions
+
+    try:
+        return check_decoding_conventions(conventions, "--decoding")
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def install(out: Path, dest: Path, keep_as: str | None = None, decoding: dict | None = None) -> None:
@@ -84,18 +91,10 @@ def install(out: Path, dest: Path, keep_as: str | None = None, decoding: dict | 
     config = json.loads((dest / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = "default"  # the embedded model, not this machine's cache path
     (dest / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    if decoding:
-        from types import SimpleNamespace
-
-        from pasta.interpreter import decoding_defaults_for
-
+    if decoding:  # over the run's own conventions; an invalid result leaves the run's file as it is
         recorded = json.loads((dest / "pasta_decoding.json").read_text())
-        (dest / "pasta_decoding.json").write_text(json.dumps({**recorded, **decoding}))
-        try:
-            decoding_defaults_for(SimpleNamespace(adapter=str(dest), path=None))
-        except ValueError as exc:  # leave the run's own conventions, not a file decoding would refuse
-            (dest / "pasta_decoding.json").write_text(json.dumps(recorded))
-            raise SystemExit(f"--decoding: {exc}") from None
+        merged = _checked({**recorded, **decoding})
+        (dest / "pasta_decoding.json").write_text(json.dumps(merged))
     if keep is not None:
         card.write_text(keep)
     for name, data in kept.items():

@@ -108,15 +108,9 @@ class DecodeLimits:
 
     def resolved(self, model_defaults: dict) -> DecodeLimits:
         """These limits with the fields left None taken from a model's recorded decoding conventions."""
-        return replace(
-            self,
-            outline_topics=bool(model_defaults.get("outline_topics", False)) if self.outline_topics is None
-            else self.outline_topics,
-            presence_penalty=float(model_defaults.get("presence_penalty", 0.0)) if self.presence_penalty is None
-            else self.presence_penalty,
-            frequency_penalty=float(model_defaults.get("frequency_penalty", 0.0)) if self.frequency_penalty is None
-            else self.frequency_penalty,
-        )
+        unknown = {"outline_topics": False, "presence_penalty": 0.0, "frequency_penalty": 0.0}  # recorded by none
+        return replace(self, **{name: type(fallback)(model_defaults.get(name, fallback))
+                                for name, fallback in unknown.items() if getattr(self, name) is None})
 
     def __post_init__(self) -> None:
         check_penalty("presence_penalty", self.presence_penalty)

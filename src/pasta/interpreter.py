@@ -204,17 +204,22 @@ def decoding_defaults_for(loaded) -> dict:
         found = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not JSON ({exc})") from None
+    return check_decoding_conventions(found, str(path))
+
+
+def check_decoding_conventions(found, where: str) -> dict:
+    """`found` if it is a valid pasta_decoding.json object, else a ValueError that starts with `where`."""
     if not isinstance(found, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(found).__name__}")
+        raise ValueError(f"{where}: expected a JSON object, got {type(found).__name__}")
     for key, value in found.items():
         kind = DECODING_CONVENTIONS.get(key)
         if kind is None:
-            raise ValueError(f"{path}: unknown decoding convention {key!r} (known: {sorted(DECODING_CONVENTIONS)})")
+            raise ValueError(f"{where}: unknown decoding convention {key!r} (known: {sorted(DECODING_CONVENTIONS)})")
         number = kind != bool
         if not isinstance(value, kind) or (number and isinstance(value, bool)):
-            raise ValueError(f"{path}: {key} must be {'a number' if number else 'true or false'}, got {value!r}")
+            raise ValueError(f"{where}: {key} must be {'a number' if number else 'true or false'}, got {value!r}")
         try:  # every convention is a DecodeLimits field: its own validation (e.g. a penalty's range) applies
             DecodeLimits(**{key: value})
         except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+            raise ValueError(f"{where}: {exc}") from None
     return found
