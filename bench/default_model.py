@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from pasta.cli_options import add_outline_topics_option, add_penalty_options, add_quantize_option
+from pasta.cli_options import add_draft_option, add_outline_topics_option, add_penalty_options, add_quantize_option
 from pasta.data.sources import alpaca_eval_prompts
 from pasta.decoding import DecodeLimits
 from pasta.eval.answer_stats import aggregate, answer_stats
@@ -60,7 +60,8 @@ def measure(index: int, prompt: str, pasta: Interpreter, original: Interpreter |
         "annotated": result.annotated, "pasta": stats.to_dict(), "wall_async_s": wall_async,
         "warnings": result.stats.warnings, "outline_topics_fed": result.stats.outline_topics_fed,
         "outline_topics": used.outline_topics, "presence_penalty": used.presence_penalty,
-        "frequency_penalty": used.frequency_penalty,
+        "frequency_penalty": used.frequency_penalty, "draft_promises": used.draft_promises,
+        "drafted": result.stats.drafted, "drafts_rejected": result.stats.drafts_rejected,
         "quantize": pasta.runner.quantize,
         "chunks": [{"topic": t.topic, "tokens": t.sampled, "close": t.close_reason} for t in result.stats.timeline[1:]],
     }
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     add_outline_topics_option(parser)
     add_penalty_options(parser)
+    add_draft_option(parser)
     add_quantize_option(parser)
     parser.add_argument("--workers", type=int, default=1,
                         help="decode in this many processes (contiguous shards; needs --out), then merge")
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                          quantize=args.quantize)
     limits = DecodeLimits(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_new_tokens,
                           outline_topics=args.outline_topics, presence_penalty=args.presence_penalty,
-                          frequency_penalty=args.frequency_penalty)
+                          frequency_penalty=args.frequency_penalty, draft_promises=args.draft_promises)
     prompts = alpaca_eval_prompts()
     end = len(prompts) if args.limit is None else args.offset + args.limit
     chosen = list(range(args.offset, min(end, len(prompts))))
@@ -174,12 +176,13 @@ def _report(args, model_name: str, rows: list[dict]) -> int:
 
 
 def _penalties(rows: list[dict]) -> dict:
-    """The presence/frequency penalties the answers were decoded with: one value each, or 'mixed' (rows written
-    before the penalties existed had none: 0)."""
+    """The presence/frequency penalties and promise drafts the answers were decoded with: one value each, or 'mixed'
+    (rows written before these existed had none: 0, off)."""
     found = {}
-    for key in ("presence_penalty", "frequency_penalty"):
-        values = {row.get(key, 0.0) for row in rows}
+    for key, before in (("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("draft_promises", False)):
+        values = {row.get(key, before) for row in rows}
         found[key] = values.pop() if len(values) == 1 else "mixed"
+    found["drafted_tokens"] = sum(row.get("drafted", 0) for row in rows)
     return found
 
 

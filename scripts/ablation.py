@@ -129,6 +129,9 @@ DECODING: dict[str, tuple[str, str, list[str]]] = {
                          ["--outline-topics", "--presence-penalty", "0.5"]),
     "r21-presence-0.5": ("r21-pref-corrections decoded with a presence penalty of 0.5",
                          "r21-pref-corrections/round-1/adapter", ["--outline-topics", "--presence-penalty", "0.5"]),
+    "r17-presence-0.5-drafts": ("r17-presence-0.5 with promise drafts (DecodeLimits.draft_promises): each next promise "
+                                "line of a counted list drafted from the previous one and checked in one pass",
+                                "shipped-r17", ["--outline-topics", "--presence-penalty", "0.5", "--draft-promises"]),
 }
 # On-policy rows: name -> (what changes, adapter to continue from, data, extra `pasta train sft` arguments, bench
 # decoding arguments: as its starting point was when its data was generated). The data
@@ -238,7 +241,9 @@ def _shipped(name: str) -> str:
 
 def _evaluate(name: str, adapter: list[str], workers: int = 1) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    subprocess.run([PY, "bench/default_model.py", *DEV, *adapter, "--workers", str(workers),
+    # Rows decode without promise drafts unless they ask for them: the rows before drafts existed were made so.
+    drafts = [] if "--draft-promises" in adapter else ["--no-draft-promises"]
+    subprocess.run([PY, "bench/default_model.py", *DEV, *adapter, *drafts, "--workers", str(workers),
                     "--out", str(RESULTS / f"{name}.jsonl"),
                     "--summary", str(RESULTS / f"{name}.summary.json"), "--json"], check=True, cwd=ROOT)
 

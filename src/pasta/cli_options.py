@@ -42,6 +42,14 @@ def add_limit_options(p: argparse.ArgumentParser, *, max_new_tokens: bool = True
     p.add_argument("--max-threads", type=int, default=8, help="async chunks decoding at the same time")
     add_outline_topics_option(p)
     add_penalty_options(p)
+    add_draft_option(p)
+
+
+def add_draft_option(p: argparse.ArgumentParser) -> None:
+    """`--draft-promises` / `--no-draft-promises` (DecodeLimits.draft_promises, on by default)."""
+    p.add_argument("--draft-promises", action=argparse.BooleanOptionalAction, default=True,
+                   help="draft each next promise line of a counted list from the previous one and let the model check "
+                        "it in one forward pass (exact: the same answer in fp32; default: on)")
 
 
 def add_penalty_options(p: argparse.ArgumentParser) -> None:
@@ -64,7 +72,8 @@ def limits_from_args(args) -> DecodeLimits:
                         max_thread_tokens=args.max_thread_tokens, max_threads=args.max_threads,
                         outline_topics=getattr(args, "outline_topics", None),
                         presence_penalty=getattr(args, "presence_penalty", None),
-                        frequency_penalty=getattr(args, "frequency_penalty", None))
+                        frequency_penalty=getattr(args, "frequency_penalty", None),
+                        draft_promises=getattr(args, "draft_promises", True))
 
 
 def add_sampling_options(p: argparse.ArgumentParser, *, seed: int | None = None) -> None:

@@ -21,6 +21,7 @@ Robustness rules for malformed model output (also in docs/pasta-lang.md):
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections import Counter
@@ -52,6 +53,7 @@ from .lang import (
 )
 from .layout import MAIN, Layout, LayoutConfig, StepInputs
 from .penalties import WordPenalty, check_penalty
+from .sampling import RandomStreams, SamplingParams, sample
 from .results import GenerationResult, build_stats
 
 Mode = Literal["async", "sequential"]
@@ -105,6 +107,13 @@ class DecodeLimits:
     # unknown). Not applied under teacher forcing.
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    # Promise drafts (speculative decoding with a draft from the answer's own structure): when the main thread starts
+    # a new line inside a counted list that is not finished ("1/3 ..." was its last promise), the next promise line
+    # is drafted from the previous one - its list number plus one, the same tag tokens, the next outline topic - and
+    # the model checks the whole draft in one forward pass. Every drafted token the model would not have chosen
+    # is thrown away with everything after it, so the answer is the one decoded without drafts (docs/pasta-lang.md,
+    # "Promise drafts"); a list of promises costs the main thread about one pass per promise instead of ~9.
+    draft_promises: bool = True
 
     def resolved(self, model_defaults: dict) -> DecodeLimits:
         """These limits with the fields left None taken from a model's recorded decoding conventions."""
@@ -151,6 +160,9 @@ class _Thread:
     forced: list[int] | None = None  # teacher forcing: the tokens this thread must produce
     inject: list[int] = field(default_factory=list)  # a guard's tokens, taken instead of the next samples
     words: Counter = field(default_factory=Counter)  # sampled word tokens (WordPenalty)
+    fed: list[bool] = field(default_factory=list)  # per token in `tokens`: fed by the interpreter, not sampled
+    line_start: int = 0  # index in `tokens` where the current line began (after the last newline)
+    draft: list[tuple[int, bool]] = field(default_factory=list)  # (token, fed) drafted after `pending` (main only)
     opened: bool = False
     closed: bool = False
 
@@ -196,7 +208,19 @@ class Decoding:
         self._prefilled = False
         self._prefill_at = 0  # prompt tokens already fed (chunked prefill)
         self._samplers: list[int] = []  # thread index per logit row of the last step
-        self._main_markers: list[tuple[str, int, int]] = []  # (fork|sync, main token ordinal, chunk index)
+        self._main_markers: list[tuple[str, int, int]] = []  # (fork|sync, main pass ordinal, chunk index)
+        self._main_passes = 0  # forward passes in which the main thread took tokens (its critical path)
+        self._main_pass_step = -1
+        # Promise drafts (DecodeLimits.draft_promises): the lines of accepted promises, as (tokens, fed flags, length
+        # of the outline topic fed), the last promise's count since the last sync, and the draft under check.
+        self._promise_lines: list[tuple[list[int], list[bool], int]] = []
+        self._last_count: tuple[int, int] | None = None
+        self._last_outline_fed = 0
+        self._draft_start: int | None = None  # logit row of the main thread's pending token when a draft rides on it
+        self._newline: dict[int, bool] = {}
+        self.drafted = 0  # drafted tokens the model confirmed (sampled ones; the fed syntax among them not counted)
+        self.draft_rejected = 0  # drafts cut short by a token the model chose otherwise
+        self.last_draft_accepted = 0  # drafted tokens (fed syntax included) the last draft kept
         self.guards: list[str] = []  # runtime guards that fired, in order
         self.sync_ids = encode_piece(tokenizer, SYNC)
         self._jump_rules = _jump_rules(tokenizer) if self.limits.jump_forward and not self._teacher else []
@@ -241,6 +265,7 @@ class Decoding:
         self.steps += 1
         inputs = StepInputs()
         self._samplers = []
+        self._draft_start = None
         main = self.threads[0]
         if main.state == "waiting" and self._all_outstanding_done():
             # Join: the finished chunks' last tokens enter the cache first, so the main thread sees them whole.
@@ -248,28 +273,36 @@ class Decoding:
                 self._feed(thread, inputs, sample=False)
             self.layout.join()
             main.state = "running"
-        if main.state == "running" and main.pending and self._main_may_run():
+        main_runs = main.state == "running" and bool(main.pending) and self._main_may_run()
+        if main_runs and not main.draft:
             self._feed(main, inputs, sample=True)
         for thread in self.threads[1:]:
             if thread.state == "queued" and self._may_start():
                 thread.state = "running"
             if thread.state == "running" and thread.pending and self._async_may_run(inputs):
                 self._feed(thread, inputs, sample=True)
+        if main_runs and main.draft:
+            # Last in the pass, so the slots of a draft the model rejects are the layout's last and can be taken back.
+            self._feed(main, inputs, sample=True)
         if not inputs.token_ids:
             raise RuntimeError("decoding is stuck: no thread can run (this is a bug; please report it)")
         return inputs
 
     def _feed(self, thread: _Thread, inputs: StepInputs, *, sample: bool) -> None:
-        for slot in self.layout.append(thread.layout_id, len(thread.pending)):
+        draft = [token for token, _ in thread.draft]
+        for slot in self.layout.append(thread.layout_id, len(thread.pending) + len(draft)):
             inputs.slots.append(slot)
             inputs.positions.append(self.layout.positions[slot])
-        inputs.token_ids.extend(thread.pending)
+        inputs.token_ids.extend(thread.pending + draft)
         thread.pending = []
         if thread.trace.start_step is None:
             thread.trace.start_step = self.steps
         if sample:
-            inputs.logit_rows.append(len(inputs.token_ids) - 1)
-            self._samplers.append(self.threads.index(thread))
+            first = len(inputs.token_ids) - 1 - len(draft)
+            if draft:  # every drafted token's row too: row i predicts draft[i] (and the last one the next token)
+                self._draft_start = len(self._samplers)
+            inputs.logit_rows.extend(range(first, len(inputs.token_ids)))
+            self._samplers.extend([self.threads.index(thread)] * (1 + len(draft)))
         for promise in thread.forks:  # the promise tag is now in the cache: its chunk's view is fixed here
             self._fork(promise)
         thread.forks = []
@@ -325,14 +358,25 @@ class Decoding:
         return not inputs.logit_rows  # sequential: one sampling thread per forward pass
 
     # -- consuming samples ---------------------------------------------------------------------------------------
-    def advance(self, sampled: list[int]) -> list[int]:
-        """Give the tokens sampled for the rows of the last `next_inputs()` (in order). Returns the tokens taken
-        (the teacher's under teacher forcing)."""
-        taken: list[int] = []
+    def advance(self, sampled: list[int | None]) -> list[int | None]:
+        """Give the tokens sampled for the rows of the last `next_inputs()` (in order; `choose` makes them). Returns
+        the tokens taken (the teacher's under teacher forcing; None for a draft's rows after the one it failed at)."""
+        taken: list[int | None] = []
         if len(sampled) != len(self._samplers):
             raise ValueError(f"expected {len(self._samplers)} sampled tokens, got {len(sampled)}")
-        for index, token in zip(self._samplers, sampled):
+        row = 0
+        while row < len(sampled):
+            index, token = self._samplers[row], sampled[row]
             thread = self.threads[index]
+            if row == self._draft_start:
+                count = 1 + len(thread.draft)
+                token = self._accept_draft(thread, sampled[row : row + count])
+                taken.extend(sampled[row : row + count - 1])
+                row += count - 1  # the bonus row (the model's own next token) is handled below like any sample
+                if token is None:  # the request stopped inside the draft
+                    taken.append(None)
+                    row += 1
+                    continue
             if thread.inject:  # a guard writes this token instead of the model
                 token = thread.inject.pop(0)
             elif thread.forced is not None:  # teacher forcing: the model's choice is replaced by the teacher's
@@ -342,6 +386,7 @@ class Decoding:
             elif self._outline_guard and index == 0 and thread.state == "running":
                 token = self._outline_cut(thread, token)
             taken.append(token)
+            row += 1
             if thread.state == "done":  # stopped by the request budget earlier in this step
                 continue
             self._take(thread, token)
@@ -356,6 +401,14 @@ class Decoding:
         """Thread index of each logit row of the last step."""
         return list(self._samplers)
 
+    @property
+    def draft_rows(self) -> tuple[int, list[tuple[int, bool]]] | None:
+        """(first row, drafted (token, fed) pairs) when the last step's main thread carried a draft: row first + i
+        predicts draft[i], and row first + len(draft) the token after it."""
+        if self._draft_start is None:
+            return None
+        return self._draft_start, list(self.threads[0].draft)
+
     def penalize(self, logits: torch.Tensor) -> torch.Tensor:
         """The logit rows of the last step with each thread's presence/frequency penalties applied (DecodeLimits;
         `logits` itself when there are none). The sampler chooses from these."""
@@ -364,48 +417,211 @@ class Decoding:
         rows = [self._penalty.apply(row, self.threads[index].words) for row, index in zip(logits, self._samplers)]
         return torch.stack(rows)
 
-    def _take(self, thread: _Thread, token: int) -> None:
+    def choose(self, logits: torch.Tensor, params: SamplingParams, streams: RandomStreams | None) -> list[int | None]:
+        """The token of each logit row of the last step: penalties applied, each thread drawing from its own stream.
+        A draft's rows are chosen one at a time and stop at the first choice that differs from the draft (later
+        rows: None), so each stream makes exactly the draws it makes without drafts: the same answer either way."""
+        draft = self.draft_rows
+        if draft is None:
+            return sample(self.penalize(logits), params, streams, self._samplers)
+        first, tokens = draft
+        rows = range(first, first + len(tokens) + 1)
+        out: list[int | None] = [None] * len(self._samplers)
+        others = [r for r in range(len(self._samplers)) if r not in rows]
+        if others:
+            chosen = sample(self.penalize(logits)[others], params, streams, [self._samplers[r] for r in others])
+            for r, token in zip(others, chosen):
+                out[r] = token
+        words = Counter(self.threads[0].words)
+        for i, r in enumerate(rows):
+            if i < len(tokens) and tokens[i][1]:  # fed syntax: not the model's choice
+                out[r] = tokens[i][0]
+                continue
+            row = logits[r] if self._penalty is None else self._penalty.apply(logits[r], words)
+            out[r] = sample(row[None], params, streams, [0])[0]
+            if i == len(tokens) or out[r] != tokens[i][0]:
+                break
+            if self._penalty is not None:
+                self._penalty.count(words, out[r])
+        return out
+
+    def _take(self, thread: _Thread, token: int, *, in_cache: bool = False) -> list[int]:
+        """Take one sampled token. `in_cache`: a drafted token the model confirmed, already in the KV cache (it is
+        not fed again); returns the syntax jump-forward would feed after it (fed by the caller's draft)."""
         self.sampled += 1
         thread.trace.sampled += 1
+        if thread.kind == "main" and self._main_pass_step != self.steps:  # the first main token of this pass
+            self._main_pass_step = self.steps
+            self._main_passes += 1
         if token in self.eos_ids:
             self._end_thread(thread, "eos")
-            return
+            return []
         thread.tokens.append(token)
+        thread.fed.append(False)
         if self._penalty is not None:
             self._penalty.count(thread.words, token)
         self._consume(thread, token, count=True)
         if thread.state == "done":
-            return
+            return []
         if thread.kind == "async" and thread.trace.sampled >= self.limits.max_thread_tokens:
             thread.pending = [token]
             self.warnings.append(f"chunk {thread.trace.id} reached max_thread_tokens={self.limits.max_thread_tokens}; closed")
             self._end_thread(thread, "budget", keep_pending=True)
-            return
+            return []
         if thread.state in ("running", "waiting"):
-            thread.pending = [token]
-            if thread.kind == "main" and self._jump_rules and not thread.inject:
-                self._jump_forward(thread)
+            jumped = self._jump_forward(thread) if thread.kind == "main" and self._jump_rules and not thread.inject \
+                else []
+            if in_cache:
+                return jumped
+            thread.pending = [token] + jumped
+            if thread.kind == "main" and not jumped and self.limits.draft_promises and not self._teacher:
+                thread.draft = self._promise_draft(thread)
+        return []
 
-    def _jump_forward(self, thread: _Thread) -> None:
-        """Feed the tag syntax that must follow what the main thread just wrote (only tokens that complete no tag,
-        so no event fires: the forced tokens are read like sampled ones, but are not samples)."""
+    def _jump_forward(self, thread: _Thread) -> list[int]:
+        """The tag syntax that must follow what the main thread just wrote, consumed here (only tokens that complete
+        no tag, so no event fires: the forced tokens are read like sampled ones, but are not samples). The caller
+        feeds them."""
         held = thread.recognizer.pending
         for rule in self._jump_rules:
             k = rule.begun(held, thread.tokens)
             if k:
                 forced_ids = rule.ids[k:]
-                if self.limits.outline_topics and rule.opens_promise:
-                    forced_ids = forced_ids + self._outline_topic_ids(thread, rule)
+                if rule.opens_promise:
+                    topic = self._outline_topic_ids(thread, rule) if self.limits.outline_topics else []
+                    self._last_outline_fed = len(topic)
+                    forced_ids = forced_ids + topic
+                fed = []
                 for forced in forced_ids:
                     self._consume(thread, forced, count=False)
-                    thread.pending.append(forced)
+                    fed.append(forced)
                     if thread.state == "done":  # a promise past the outline, refused twice in a row
                         break
-                return
+                return fed
+        return []
+
+    # -- promise drafts (DecodeLimits.draft_promises) ---------------------------------------------------------------
+    def _promise_draft(self, thread: _Thread) -> list[tuple[int, bool]]:
+        """The next promise line, drafted when the main thread has just begun a line:
+        - inside a counted list that is not finished ("1/3 ..." was its last promise), from the previous promise
+          line: its list number plus one, its own tokens up to the topic, the next outline topic, the rest of its
+          tag (the same token count);
+        - right after an outline line (no promise since the last sync): "1. <promise topic=" and the first item
+          (the model then writes the token count).
+        The syntax jump-forward would feed is found by running the drafted tokens through copies of the thread's
+        detokenizer and tag recognizer, so the draft feeds exactly what decoding without it would. [] when there is
+        nothing to draft from."""
+        if thread.inject or thread.forks or thread.recognizer.pending or not self._ends_line(thread.tokens[-1]):
+            return []
+        tail: list[int] = []
+        if self._last_count is not None:
+            j, total = self._last_count
+            if j >= total or not self._promise_lines:
+                return []
+            tokens, fed, topic_fed = self._promise_lines[-1]
+            digits = 0
+            while digits < len(tokens) and not fed[digits] and self.tokenizer.decode(tokens[: digits + 1]).isdigit():
+                digits += 1
+            if not digits or True not in fed:
+                return []
+            first_fed = fed.index(True)
+            run_end = first_fed
+            while run_end < len(fed) and fed[run_end]:
+                run_end += 1
+            number = int(self.tokenizer.decode(tokens[:digits])) + 1
+            prefix = encode_piece(self.tokenizer, str(number)) + tokens[digits:first_fed]
+            if topic_fed and True not in fed[run_end:]:
+                tail = tokens[run_end:]  # the token count and the tag's end, as the model wrote them last time
+        elif self._since_sync == 0 and self.limits.outline_topics and self._opening_rule is not None:
+            rule = self._opening_rule
+            prefix = [t for piece in ("1", ".", " ") for t in encode_piece(self.tokenizer, piece)] + rule.ids[: rule.commits]
+        else:
+            return []
+        fed_ids = self._draft_syntax(thread, prefix)
+        if fed_ids is None:
+            return []
+        syntax, topic = fed_ids
+        if self._last_count is None and not topic:
+            return []  # no outline to take the first topic from: nothing worth drafting
+        draft = [(t, False) for t in prefix] + [(t, True) for t in syntax + topic]
+        return draft + [(t, False) for t in tail] if topic else draft
+
+    @property
+    def _opening_rule(self) -> _JumpRule | None:
+        return next((r for r in self._jump_rules if r.opens_promise), None)
+
+    def _draft_syntax(self, thread: _Thread, prefix: list[int]) -> tuple[list[int], list[int]] | None:
+        """(syntax, outline topic) that jump-forward feeds once the main thread has written `prefix`, and only then
+        (None when it would feed earlier, not at all, something other than a promise's opening, or a promise past
+        the outline)."""
+        recognizer, detok = copy.copy(thread.recognizer), copy.copy(thread.detok)
+        detok.ids = list(detok.ids)
+        tokens = list(thread.tokens)
+        for n, token in enumerate(prefix, 1):
+            tokens.append(token)
+            if any(not isinstance(event, Text) for event in recognizer.feed(detok.push(token))):
+                return None  # the prefix would complete a tag
+            rule = next((r for r in self._jump_rules if r.begun(recognizer.pending, tokens)), None)
+            if rule is not None:
+                if n < len(prefix) or not rule.opens_promise:
+                    return None
+                k = rule.begun(recognizer.pending, tokens)
+                topic, past = self._outline_rest(thread, rule) if self.limits.outline_topics else ([], False)
+                return None if past else (rule.ids[k:], topic)
+        return None
+
+    def _ends_line(self, token: int) -> bool:
+        if token not in self._newline:
+            self._newline[token] = self.tokenizer.decode([token]).endswith("\n")
+        return self._newline[token]
+
+    def _accept_draft(self, thread: _Thread, chosen: list[int | None]) -> int | None:
+        """Take the drafted tokens the model confirmed (`chosen[i]` is its choice at the row that predicts draft[i])
+        and give the slots of the rest back. Returns the model's own token after them (the bonus row), or None when
+        the request stopped inside the draft."""
+        draft, thread.draft = thread.draft, []
+        accepted = 0
+        while accepted < len(draft) and (draft[accepted][1] or chosen[accepted] == draft[accepted][0]):
+            accepted += 1
+        if accepted < len(draft):
+            self.draft_rejected += 1
+        self.last_draft_accepted = accepted
+        self.layout.truncate(thread.layout_id, len(draft) - accepted)
+        i = 0
+        while i < accepted:
+            token, fed = draft[i]
+            if fed:
+                raise RuntimeError(f"draft feeds {token} where jump-forward would not (this is a bug; please report it)")
+            jumped = self._take(thread, token, in_cache=True)
+            self.drafted += 1
+            i += 1
+            if jumped != [t for t, _ in draft[i : i + len(jumped)]]:
+                raise RuntimeError("draft and jump-forward disagree (this is a bug; please report it)")
+            i += len(jumped)
+            for promise in thread.forks:  # the promise tag is already in the cache: its chunk forks now
+                self._fork(promise)
+            thread.forks = []
+            if self.sampled >= self.limits.max_new_tokens:
+                self.layout.truncate(thread.layout_id, accepted - i)
+                self._stop_all("request_budget")
+                return None
+            if thread.state == "done":
+                self.layout.truncate(thread.layout_id, accepted - i)
+                return None
+        return chosen[accepted]
 
     def _outline_topic_ids(self, thread: _Thread, opening: _JumpRule) -> list[int]:
         """Tokens of 'j/M item_j" tokens="' for the promise the main thread is opening, when an outline line since
         its last sync names a j-th item; [] otherwise (or when the tokenizer would split the tag differently)."""
+        ids, past = self._outline_rest(thread, opening)
+        if past:
+            self._past_outline = True
+        elif ids:
+            self.outline_topics_fed += 1
+        return ids
+
+    def _outline_rest(self, thread: _Thread, opening: _JumpRule) -> tuple[list[int], bool]:
+        """(the tokens `_outline_topic_ids` feeds, whether they close a promise past the outline), without effects."""
         last_sync = max((i for i, e in enumerate(thread.events) if isinstance(e, Sync)), default=-1)
         text = []
         for event in thread.events[last_sync + 1 :]:
@@ -416,7 +632,7 @@ class Decoding:
         joined = "".join(text)
         found = last_outline(joined)
         if found is None:
-            return []
+            return [], False
         items, end = found
         distinct: dict[str, str] = {}
         for item in items:
@@ -425,7 +641,7 @@ class Decoding:
         j = joined.count("\0", end) + 1
         past = j > len(items)
         if past and not self._outline_guard:
-            return []
+            return [], False
         if past:
             # Every item has its promise: a further one would repeat an item or invent one past the plan (on the
             # report set, 23 of 24 repeated topics were such promises, after an outline guard cut the list). The
@@ -436,12 +652,8 @@ class Decoding:
             rest = f'{counted_topic(escape_attr(items[j - 1]), j, len(items))}" tokens="'
         ids = encode_piece(self.tokenizer, rest)
         if encode_piece(self.tokenizer, opening.texts[-1] + rest) != opening.ids + ids:
-            return []
-        if past:
-            self._past_outline = True
-        else:
-            self.outline_topics_fed += 1
-        return ids
+            return [], False
+        return ids, past
 
     def _outline_cut(self, thread: _Thread, token: int) -> int:
         """The outline guard (DecodeLimits.outline_topics): `token` as sampled, or the first token of '.' + blank line
@@ -494,6 +706,9 @@ class Decoding:
         """Detokenize one token and act on the tags it completes."""
         if not count:
             thread.tokens.append(token)
+            thread.fed.append(True)
+        if self._ends_line(token):
+            thread.line_start = len(thread.tokens)
         for event in thread.recognizer.feed(thread.detok.push(token)):
             self._on_event(thread, event, token)
 
@@ -514,7 +729,11 @@ class Decoding:
                     return
                 self._accept(event)
                 thread.forks.append(event)
-                self._main_markers.append(("fork", thread.trace.sampled, len(self.threads) + len(thread.forks) - 1))
+                self._main_markers.append(("fork", self._main_passes, len(self.threads) + len(thread.forks) - 1))
+                self._last_count = topic_count(event.topic)
+                start = thread.line_start
+                self._promise_lines.append((thread.tokens[start:], thread.fed[start:], self._last_outline_fed))
+                self._last_outline_fed = 0
                 return
             if isinstance(event, Sync):
                 idle = not self.layout.outstanding and not thread.forks
@@ -528,7 +747,8 @@ class Decoding:
                 thread.state = "waiting"
                 self._since_sync = 0
                 self._finished_counts.clear()
-                self._main_markers.append(("sync", thread.trace.sampled, 0))
+                self._main_markers.append(("sync", self._main_passes, 0))
+                self._last_count = None
                 return
             self._ignore(thread, event, "is not valid in the main thread")
             return
@@ -615,6 +835,7 @@ class Decoding:
         thread.trace.end_step = self.steps
         if not keep_pending:
             thread.pending = []
+        thread.draft = []
         for event in thread.recognizer.feed(thread.detok.flush()):
             thread.events.append(event if isinstance(event, Text) else _Ignored(event.raw))
         cut = thread.recognizer.pending
@@ -703,7 +924,7 @@ class Decoding:
             else:
                 t = max(t, outstanding_end)
                 outstanding_end = 0
-        t += self.threads[0].trace.sampled - previous
+        t += self._main_passes - previous
         return max(t, all_end, 1)
 
 

@@ -47,7 +47,8 @@ class Program(Protocol):
     def sampler_threads(self) -> list[int]: ...
     def advance(self, sampled: list[int]) -> list[int]: ...
     def result(self, wall_s: float) -> Any: ...
-    # Optional: `penalize(logits) -> logits` adjusts the last step's logit rows before sampling (Decoding's penalties).
+    # Optional: `choose(logits, sampling, streams) -> tokens` picks the last step's tokens itself (Decoding: penalties,
+    # and a promise draft's rows, which stop at the first token the model would not write; later rows get None).
 
 
 @dataclass(frozen=True)
@@ -250,15 +251,17 @@ class Engine:
     def _sample(self, seq: Sequence, rows: torch.Tensor) -> None:
         decoding = seq.decoding
         threads = decoding.sampler_threads
-        penalize = getattr(decoding, "penalize", None)  # optional: a Decoding's presence/frequency penalties
-        choices = penalize(rows) if penalize is not None and threads else rows
-        taken = decoding.advance(sample(choices, seq.sampling, seq.streams, threads))
+        choose = getattr(decoding, "choose", None)  # optional: a Decoding's penalties and promise drafts
+        if choose is not None and threads:
+            taken = decoding.advance(choose(rows, seq.sampling, seq.streams))
+        else:
+            taken = decoding.advance(sample(rows, seq.sampling, seq.streams, threads))
         if not threads:  # a prefill piece samples nothing
             return
         if seq.record_logprobs:
             logprobs = torch.log_softmax(rows, dim=-1)
             seq.logprobs.extend((decoding.steps, thread, float(logprobs[row, token]))
-                                for row, (thread, token) in enumerate(zip(threads, taken)))
+                                for row, (thread, token) in enumerate(zip(threads, taken)) if token is not None)
         if seq.record_logits:
             seq.logits.append((threads, rows.clone()))
 

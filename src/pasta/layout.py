@@ -125,6 +125,19 @@ class Layout:
         thread.next_position += count
         return slots
 
+    def truncate(self, thread_id: int, count: int) -> None:
+        """Take back a thread's last `count` slots, which must be the layout's last (a draft the model rejected:
+        the next tokens reuse the slots and positions)."""
+        if count <= 0:
+            return
+        thread = self.threads[thread_id]
+        start = len(self.positions) - count
+        if thread.slots[-count:] != list(range(start, len(self.positions))):
+            raise ValueError(f"truncate: the last {count} slots are not all thread {thread_id}'s")
+        del self.positions[start:]
+        del thread.slots[-count:]
+        thread.next_position -= count
+
     def fork(self, tokens: int | None, *, reserve: bool = True) -> int:
         """Start a chunk after the main thread's latest token (the end of a promise tag). Returns its thread id.
         `reserve=False` reserves no positions in the main thread (Skeleton-of-Thought: independent branches that all

@@ -11,7 +11,7 @@ import torch
 
 from .decoding import Decoding
 from .runner import ModelRunner
-from .sampling import SamplingParams, sample
+from .sampling import SamplingParams
 
 
 def full_forward(runner: ModelRunner, token_ids: list[int], positions: list[int], mask: torch.Tensor) -> torch.Tensor:
@@ -44,5 +44,6 @@ def reference_generate(
         rows = [inputs.slots[i] for i in inputs.logit_rows]
         logits = logits_all[rows]
         trace.append((decoding.sampler_threads, logits))
-        decoding.advance(sample(decoding.penalize(logits), sampling, streams, decoding.sampler_threads))
+        decoding.advance(decoding.choose(logits, sampling, streams))
+        del token_ids[len(layout) :]  # a rejected promise draft's tokens leave the sequence (Layout.truncate)
     return trace

@@ -28,6 +28,8 @@ class RunStats:
     finish_reason: str = "eos"  # eos | length (the request's token cap) | guard (a runtime guard ended it)
     guards: list[str] = field(default_factory=list)  # runtime guards that fired (see DecodeLimits)
     outline_topics_fed: int = 0  # promise topics fed from an outline line (DecodeLimits.outline_topics)
+    drafted: int = 0  # drafted tokens the model confirmed (DecodeLimits.draft_promises; they took no pass of their own)
+    drafts_rejected: int = 0  # promise drafts the model cut short by choosing another token
     # The remote backend only: requests, prompt tokens re-sent, peak concurrency (`backends.openai.RemoteStats`).
     # Its steps are the critical path (it cannot see the server's forward passes) and cache_tokens is 0.
     remote: Any = None
@@ -67,4 +69,6 @@ def build_stats(decoding: Decoding, wall_s: float, cache_tokens: int) -> RunStat
         finish_reason=decoding.finish_reason,
         guards=list(decoding.guards),
         outline_topics_fed=decoding.outline_topics_fed,
+        drafted=getattr(decoding, "drafted", 0),
+        drafts_rejected=getattr(decoding, "draft_rejected", 0),
     )

@@ -130,9 +130,15 @@ class ScriptedProgram:
     def advance(self, sampled: list[int]) -> list[int]:
         decoding, eos = self.decoding, self.tokenizer.eos_token_id
         samplers = decoding.sampler_threads
+        draft = decoding.draft_rows  # a promise draft: row first + i predicts the main script's token k + i
+        first_main = self.used.get(0, 0)
         tokens = []
-        for index in samplers:
+        for row, index in enumerate(samplers):
             thread = decoding.threads[index]
+            if draft is not None and index == 0 and draft[0] <= row <= draft[0] + len(draft[1]):
+                at = first_main + row - draft[0]
+                tokens.append(self.scripts[0][at] if at < len(self.scripts[0]) else eos)
+                continue
             if thread.inject:
                 tokens.append(0)  # replaced by the guard's token
                 continue
@@ -144,6 +150,8 @@ class ScriptedProgram:
             self.used[index] = k + 1
             tokens.append(script[k] if k < len(script) else eos)
         taken = decoding.advance(tokens)
+        if draft is not None:  # the confirmed draft and the model's own token after it
+            self.used[0] = first_main + decoding.last_draft_accepted + 1
         main = decoding.threads[0]
         if 0 in samplers and len(main.pending) > 1:  # jump-forward: tokens fed beside the sample
             jumped, k = main.pending[1:], self.used[0]
