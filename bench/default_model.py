@@ -61,6 +61,7 @@ def measure(index: int, prompt: str, pasta: Interpreter, original: Interpreter |
         "warnings": result.stats.warnings, "outline_topics_fed": result.stats.outline_topics_fed,
         "outline_topics": used.outline_topics, "presence_penalty": used.presence_penalty,
         "frequency_penalty": used.frequency_penalty, "draft_promises": used.draft_promises,
+        "draft_tokens": used.draft_tokens,
         "drafted": result.stats.drafted, "drafts_rejected": result.stats.drafts_rejected,
         "quantize": pasta.runner.quantize,
         "chunks": [{"topic": t.topic, "tokens": t.sampled, "close": t.close_reason} for t in result.stats.timeline[1:]],
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                          quantize=args.quantize)
     limits = DecodeLimits(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_new_tokens,
                           outline_topics=args.outline_topics, presence_penalty=args.presence_penalty,
-                          frequency_penalty=args.frequency_penalty, draft_promises=args.draft_promises)
+                          frequency_penalty=args.frequency_penalty, draft_promises=args.draft_promises,
+                          draft_tokens=args.draft_tokens)
     prompts = alpaca_eval_prompts()
     end = len(prompts) if args.limit is None else args.offset + args.limit
     chosen = list(range(args.offset, min(end, len(prompts))))
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 def _report(args, model_name: str, rows: list[dict]) -> int:
     summary = {"model": model_name, "dtype": args.dtype, "quantize": args.quantize, "max_new_tokens": args.max_new_tokens,
                "offset": args.offset, "threads": args.threads, "workers": args.workers,
-               "outline_topics": _outline_topics(rows), **_penalties(rows), **aggregate(rows)}
+               "outline_topics": _outline_topics(rows), **_decoded_with(rows), **aggregate(rows)}
     summary["targets"] = targets(summary)
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
@@ -175,11 +177,12 @@ def _report(args, model_name: str, rows: list[dict]) -> int:
     return 0
 
 
-def _penalties(rows: list[dict]) -> dict:
+def _decoded_with(rows: list[dict]) -> dict:
     """The presence/frequency penalties and promise drafts the answers were decoded with: one value each, or 'mixed'
-    (rows written before these existed had none: 0, off)."""
+    (rows written before these existed had none: 0, off), and the drafted tokens the model confirmed."""
     found = {}
-    for key, before in (("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("draft_promises", False)):
+    for key, before in (("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("draft_promises", False),
+                        ("draft_tokens", 0)):
         values = {row.get(key, before) for row in rows}
         found[key] = values.pop() if len(values) == 1 else "mixed"
     found["drafted_tokens"] = sum(row.get("drafted", 0) for row in rows)

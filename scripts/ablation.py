@@ -130,8 +130,10 @@ DECODING: dict[str, tuple[str, str, list[str]]] = {
     "r21-presence-0.5": ("r21-pref-corrections decoded with a presence penalty of 0.5",
                          "r21-pref-corrections/round-1/adapter", ["--outline-topics", "--presence-penalty", "0.5"]),
     "r17-presence-0.5-drafts": ("r17-presence-0.5 with promise drafts (DecodeLimits.draft_promises): each next promise "
-                                "line of a counted list drafted from the previous one and checked in one pass",
-                                "shipped-r17", ["--outline-topics", "--presence-penalty", "0.5", "--draft-promises"]),
+                                "line of a counted list drafted from the previous one, and the first after an "
+                                "outline with the count 30 the model always writes, each checked in one pass",
+                                "shipped-r17", ["--outline-topics", "--presence-penalty", "0.5", "--draft-promises",
+                                                "--draft-tokens", "30"]),
 }
 # On-policy rows: name -> (what changes, adapter to continue from, data, extra `pasta train sft` arguments, bench
 # decoding arguments: as its starting point was when its data was generated). The data

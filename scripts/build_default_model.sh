@@ -9,7 +9,9 @@
 # 4. install the adapter (bf16), its layout, decoding conventions and training records into
 #    src/pasta/assets/default-adapter (scripts/install_adapter.py);
 # 5. one round of on-policy self-distillation on top (below), installed in its place, with a presence penalty
-#    of 0.5 recorded as its decoding default (chosen on the dev set, docs/training.md "Presence penalty").
+#    of 0.5 recorded as its decoding default (chosen on the dev set, docs/training.md "Presence penalty"), and the
+#    token count it writes in every promise (30) as the count drafted for a list's first promise
+#    (docs/pasta-lang.md "Promise drafts").
 # Stage 1 is run r16 of the ablation (docs/training.md), the round is r17-onpolicy; both decode with outline topics.
 # Measured on this 2-core CPU (see the data card): distillation ~30 min per 736 prompts, SFT ~1 h per 360 steps,
 # on-policy answers ~45 min per 640 prompts, the round's SFT ~20 min (108 steps).
@@ -41,6 +43,7 @@ pasta train sft --data data/sft-sharegpt-v5.jsonl --plain-data "data/sft-distill
     --out data/onpolicy-r16.jsonl --kept data/sft-onpolicy-r16.jsonl
 pasta train sft --init-adapter default --data data/sft-onpolicy-r16.jsonl --out "$OUT2" --epochs 2 --lr 2e-4 \
     --annotated-fraction data --max-length 640 --batch-size 4 --save-steps 20 --threads "$THREADS" --bf16 --resume
-"$VENV/bin/python" scripts/install_adapter.py "$OUT2" --keep-as-stage1 --decoding presence_penalty=0.5
+"$VENV/bin/python" scripts/install_adapter.py "$OUT2" --keep-as-stage1 --decoding presence_penalty=0.5 \
+  --decoding draft_tokens=30
 dest=src/pasta/assets/default-adapter
 echo "default adapter written to $dest"

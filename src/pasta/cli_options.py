@@ -50,6 +50,9 @@ def add_draft_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-promises", action=argparse.BooleanOptionalAction, default=True,
                    help="draft each next promise line of a counted list from the previous one and let the model check "
                         "it in one forward pass (exact: the same answer in fp32; default: on)")
+    p.add_argument("--draft-tokens", type=int, default=None,
+                   help="the token count drafted for a list's first promise (default: as the model records in "
+                        "pasta_decoding.json, else none)")
 
 
 def add_penalty_options(p: argparse.ArgumentParser) -> None:
@@ -73,7 +76,8 @@ def limits_from_args(args) -> DecodeLimits:
                         outline_topics=getattr(args, "outline_topics", None),
                         presence_penalty=getattr(args, "presence_penalty", None),
                         frequency_penalty=getattr(args, "frequency_penalty", None),
-                        draft_promises=getattr(args, "draft_promises", True))
+                        draft_promises=getattr(args, "draft_promises", True),
+                        draft_tokens=getattr(args, "draft_tokens", None))
 
 
 def add_sampling_options(p: argparse.ArgumentParser, *, seed: int | None = None) -> None:

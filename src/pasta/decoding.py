@@ -114,16 +114,24 @@ class DecodeLimits:
     # is thrown away with everything after it, so the answer is the one decoded without drafts (docs/pasta-lang.md,
     # "Promise drafts"); a list of promises costs the main thread about one pass per promise instead of ~9.
     draft_promises: bool = True
+    # The token count drafted for a list's first promise (its later ones copy the previous line's): the count the
+    # model habitually writes. None: as the model records (`draft_tokens` in pasta_decoding.json), else 0 = the
+    # model writes the first count itself.
+    draft_tokens: int | None = None
 
     def resolved(self, model_defaults: dict) -> DecodeLimits:
         """These limits with the fields left None taken from a model's recorded decoding conventions."""
-        unknown = {"outline_topics": False, "presence_penalty": 0.0, "frequency_penalty": 0.0}  # recorded by none
+        unknown = {"outline_topics": False, "presence_penalty": 0.0, "frequency_penalty": 0.0,  # recorded by none
+                   "draft_tokens": 0}
         return replace(self, **{name: type(fallback)(model_defaults.get(name, fallback))
                                 for name, fallback in unknown.items() if getattr(self, name) is None})
 
     def __post_init__(self) -> None:
         check_penalty("presence_penalty", self.presence_penalty)
         check_penalty("frequency_penalty", self.frequency_penalty)
+        if self.draft_tokens is not None and (not isinstance(self.draft_tokens, int) or isinstance(self.draft_tokens, bool)
+                                              or not 0 <= self.draft_tokens <= 100000):
+            raise ValueError(f"draft_tokens must be an integer in [0, 100000], got {self.draft_tokens!r}")
         for name in ("max_new_tokens", "max_thread_tokens", "max_threads", "max_promises", "max_promises_per_sync"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -535,6 +543,8 @@ class Decoding:
         elif self._since_sync == 0 and self.limits.outline_topics and self._opening_rule is not None:
             rule = self._opening_rule
             prefix = [t for piece in ("1", ".", " ") for t in encode_piece(self.tokenizer, piece)] + rule.ids[: rule.commits]
+            if self.limits.draft_tokens:
+                tail = encode_piece(self.tokenizer, f'{self.limits.draft_tokens}"/>')
         else:
             return []
         fed_ids = self._draft_syntax(thread, prefix)

@@ -188,7 +188,7 @@ def _recorded_file(loaded, name: str):
 
 # What pasta_decoding.json may record: DecodeLimits fields a request leaves None take these values.
 DECODING_CONVENTIONS: dict[str, type | tuple[type, ...]] = {
-    "outline_topics": bool, "presence_penalty": (int, float), "frequency_penalty": (int, float)}
+    "outline_topics": bool, "presence_penalty": (int, float), "frequency_penalty": (int, float), "draft_tokens": int}
 
 
 def decoding_defaults_for(loaded) -> dict:
@@ -217,7 +217,8 @@ def check_decoding_conventions(found, where: str) -> dict:
             raise ValueError(f"{where}: unknown decoding convention {key!r} (known: {sorted(DECODING_CONVENTIONS)})")
         number = kind != bool
         if not isinstance(value, kind) or (number and isinstance(value, bool)):
-            raise ValueError(f"{where}: {key} must be {'a number' if number else 'true or false'}, got {value!r}")
+            what = "true or false" if kind is bool else "an integer" if kind is int else "a number"
+            raise ValueError(f"{where}: {key} must be {what}, got {value!r}")
         try:  # every convention is a DecodeLimits field: its own validation (e.g. a penalty's range) applies
             DecodeLimits(**{key: value})
         except ValueError as exc:

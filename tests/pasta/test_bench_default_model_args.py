@@ -47,5 +47,6 @@ def test_rows_record_the_penalties_and_the_original_decodes_without_them():
     explicit = bench.measure(0, "write words", original, original, DecodeLimits(
         max_new_tokens=30, max_thread_tokens=30, presence_penalty=1.5), sequential=False)
     assert explicit["output"] == row["output"] and explicit["original"]["output"] == alone.text
-    assert bench._penalties([row, dict(row)]) == {"presence_penalty": 1.5, "frequency_penalty": 0.0}
-    assert bench._penalties([row, {}])["presence_penalty"] == "mixed"  # a row from before penalties existed: 0
+    assert bench._decoded_with([row, dict(row)]) == {"presence_penalty": 1.5, "frequency_penalty": 0.0,
+                                                      "draft_promises": True, "draft_tokens": 0, "drafted_tokens": 0}
+    assert bench._decoded_with([row, {}])["presence_penalty"] == "mixed"  # a row from before penalties existed: 0

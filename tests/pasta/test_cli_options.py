@@ -73,6 +73,22 @@ def test_penalties_reach_every_commands_limits(tmp_path):
         serve_config_from_args(parser.parse_args(["serve", "--presence-penalty", "3"]))
 
 
+def test_promise_draft_options_reach_every_commands_limits(tmp_path):
+    """--no-draft-promises and --draft-tokens reach generate, serve and eval; unset: drafts on, the count as the
+    model records (None); a negative count is an error."""
+    from pasta.eval.cli import config_from_args as eval_config_from_args
+    from pasta.serve.cli import serve_config_from_args
+
+    parser = build_parser()
+    for extra, value in (([], (True, None)), (["--no-draft-promises", "--draft-tokens", "20"], (False, 20))):
+        found = [limits_from_args(parser.parse_args(["generate", "hi", *extra])),
+                 serve_config_from_args(parser.parse_args(["serve", *extra])).limits(8),
+                 eval_config_from_args(parser.parse_args(["eval", "--out", str(tmp_path), *extra])).limits]
+        assert [(limits.draft_promises, limits.draft_tokens) for limits in found] == [value] * 3
+    with pytest.raises(ValueError, match="draft_tokens must be an integer"):
+        serve_config_from_args(parser.parse_args(["serve", "--draft-tokens", "-1"]))
+
+
 def test_every_config_validates_and_derives_through_decode_limits_and_sampling_params(tmp_path):
     from pasta.eval.runner import EvalConfig
     from pasta.serve.config import ServeConfig

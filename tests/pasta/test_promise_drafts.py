@@ -183,3 +183,25 @@ def test_on_the_real_model_drafts_change_no_token_in_fp32():
     off = interp.generate(ids, limits=DecodeLimits(max_new_tokens=384, draft_promises=False))
     assert on.annotated == off.annotated and on.stats.tokens == off.stats.tokens
     assert on.stats.drafted > 0 and on.stats.steps < off.stats.steps
+
+
+def test_the_first_promise_drafts_the_count_the_model_records():
+    """draft_tokens (pasta_decoding.json): the first promise's draft carries the count too; a wrong count is only a
+    draft the model cuts short."""
+    on = drive_script(MAIN, CHUNKS, DecodeLimits(outline_topics=True, draft_tokens=5), tokenizer=TOK)
+    off = drive_script(MAIN, CHUNKS, NO_DRAFTS, tokenizer=TOK)
+    assert on.stitch() == off.stitch() and on.drafted == 3 * len('1. <p5"/>')
+    wrong = drive_script(MAIN, CHUNKS, DecodeLimits(outline_topics=True, draft_tokens=7), tokenizer=TOK)
+    assert wrong.stitch() == off.stitch() and wrong.drafted == on.drafted - len('5"/>')
+
+
+def test_draft_tokens_is_a_recorded_convention_and_is_checked():
+    from pasta.interpreter import check_decoding_conventions
+
+    assert DecodeLimits().resolved({"draft_tokens": 30}).draft_tokens == 30
+    assert DecodeLimits().resolved({}).draft_tokens == 0  # unknown: the model writes the first count itself
+    assert DecodeLimits(draft_tokens=10).resolved({"draft_tokens": 30}).draft_tokens == 10  # the request wins
+    assert check_decoding_conventions({"draft_tokens": 30}, "f") == {"draft_tokens": 30}
+    for bad, message in ((2.5, "must be an integer"), (True, "must be an integer"), (-1, r"\[0, 100000\]")):
+        with pytest.raises(ValueError, match=message):
+            check_decoding_conventions({"draft_tokens": bad}, "f")

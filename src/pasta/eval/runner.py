@@ -69,6 +69,8 @@ class EvalConfig(DecodeSettings):
     outline_topics: bool | None = None  # DecodeLimits.outline_topics (None: as the model records)
     presence_penalty: float | None = None  # DecodeLimits (None: as the model records)
     frequency_penalty: float | None = None
+    draft_promises: bool = True  # DecodeLimits.draft_promises
+    draft_tokens: int | None = None  # DecodeLimits.draft_tokens (None: as the model records)
 
     def __post_init__(self) -> None:
         self.systems = tuple(dict.fromkeys(self.systems))

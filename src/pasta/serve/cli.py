@@ -59,6 +59,7 @@ def serve_config_from_args(args):
         served_model_name=args.served_model_name, prefill_chunk=args.prefill_chunk or None,
         batch_invariant=args.batch_invariant, outline_topics=args.outline_topics,
         presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+        draft_promises=args.draft_promises, draft_tokens=args.draft_tokens,
     )
 
 

@@ -22,6 +22,8 @@ class ServeConfig:
     # Penalties for requests that leave them unset (DecodeLimits; None: as the model records).
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    draft_promises: bool = True  # DecodeLimits.draft_promises
+    draft_tokens: int | None = None  # DecodeLimits.draft_tokens (None: as the model records)
     sequential: bool = False  # default decoding mode; a request may override it
     served_model_name: str | None = None  # what /v1/models lists (default: the model's own name)
     prefill_chunk: int | None = 128  # prompt tokens per step while prefilling (None: a whole prompt in one step)
@@ -51,4 +53,5 @@ class ServeConfig:
         """One request's budgets: its own `max_tokens`, this server's per-chunk and parallelism limits."""
         return DecodeLimits(max_new_tokens=max_tokens, max_thread_tokens=min(max_tokens, self.max_thread_tokens),
                             max_threads=self.max_threads, outline_topics=self.outline_topics,
-                            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty)
+                            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                            draft_promises=self.draft_promises, draft_tokens=self.draft_tokens)
