@@ -60,33 +60,37 @@ def test_outline_topics_reach_every_commands_limits(tmp_path):
 def test_penalties_reach_every_commands_limits(tmp_path):
     """--presence-penalty / --frequency-penalty reach generate, serve (its default for requests) and eval; unset is
     None (the model's recorded value); out of [-2, 2] is an error."""
+    from pasta.serve.cli import serve_config_from_args
+
+    for extra, value in (([], (None, None)), (["--presence-penalty", "0.5", "--frequency-penalty", "-1"], (0.5, -1.0))):
+        found = _limits_of_every_command(extra, tmp_path)
+        assert [(limits.presence_penalty, limits.frequency_penalty) for limits in found] == [value] * 3
+    with pytest.raises(ValueError, match="presence_penalty must be a number in"):
+        serve_config_from_args(build_parser().parse_args(["serve", "--presence-penalty", "3"]))
+
+
+def _limits_of_every_command(extra: list[str], tmp_path) -> list:
+    """The DecodeLimits that `pasta generate`, `pasta serve` (its requests' default) and `pasta eval` build from
+    the same extra flags."""
     from pasta.eval.cli import config_from_args as eval_config_from_args
     from pasta.serve.cli import serve_config_from_args
 
     parser = build_parser()
-    for extra, value in (([], (None, None)), (["--presence-penalty", "0.5", "--frequency-penalty", "-1"], (0.5, -1.0))):
-        pairs = [limits_from_args(parser.parse_args(["generate", "hi", *extra])),
-                 serve_config_from_args(parser.parse_args(["serve", *extra])).limits(8),
-                 eval_config_from_args(parser.parse_args(["eval", "--out", str(tmp_path), *extra])).limits]
-        assert [(limits.presence_penalty, limits.frequency_penalty) for limits in pairs] == [value] * 3
-    with pytest.raises(ValueError, match="presence_penalty must be a number in"):
-        serve_config_from_args(parser.parse_args(["serve", "--presence-penalty", "3"]))
+    return [limits_from_args(parser.parse_args(["generate", "hi", *extra])),
+            serve_config_from_args(parser.parse_args(["serve", *extra])).limits(8),
+            eval_config_from_args(parser.parse_args(["eval", "--out", str(tmp_path), *extra])).limits]
 
 
 def test_promise_draft_options_reach_every_commands_limits(tmp_path):
     """--no-draft-promises and --draft-tokens reach generate, serve and eval; unset: drafts on, the count as the
     model records (None); a negative count is an error."""
-    from pasta.eval.cli import config_from_args as eval_config_from_args
     from pasta.serve.cli import serve_config_from_args
 
-    parser = build_parser()
     for extra, value in (([], (True, None)), (["--no-draft-promises", "--draft-tokens", "20"], (False, 20))):
-        found = [limits_from_args(parser.parse_args(["generate", "hi", *extra])),
-                 serve_config_from_args(parser.parse_args(["serve", *extra])).limits(8),
-                 eval_config_from_args(parser.parse_args(["eval", "--out", str(tmp_path), *extra])).limits]
+        found = _limits_of_every_command(extra, tmp_path)
         assert [(limits.draft_promises, limits.draft_tokens) for limits in found] == [value] * 3
     with pytest.raises(ValueError, match="draft_tokens must be an integer"):
-        serve_config_from_args(parser.parse_args(["serve", "--draft-tokens", "-1"]))
+        serve_config_from_args(build_parser().parse_args(["serve", "--draft-tokens", "-1"]))
 
 
 def test_every_config_validates_and_derives_through_decode_limits_and_sampling_params(tmp_path):
