@@ -89,7 +89,8 @@ def _run_generate(args) -> int:
     plain = len(interp.tokenizer.encode(result.text, add_special_tokens=False)) if result.text else 0
     print(result.annotated if args.show_tags else result.text)
     print(
-        f"\n[{interp.name} | {s.mode}: {s.tokens} tokens ({plain} of plain text) in {s.steps} steps, {s.threads} "
+        f"\n[{interp.name} | {s.mode}: {s.tokens} tokens ({plain} of plain text"
+        f"{f', {s.drafted} confirmed from promise drafts' if s.drafted else ''}) in {s.steps} steps, {s.threads} "
         f"parallel chunks, theoretical speedup {(plain + 1) / max(1, s.steps):.2f}x on plain text, {s.wall_s:.1f}s, "
         f"finish: {s.finish_reason}{', guards: ' + str(len(s.guards)) if s.guards else ''}]",
         file=sys.stderr,
