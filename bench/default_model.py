@@ -63,6 +63,7 @@ def measure(index: int, prompt: str, pasta: Interpreter, original: Interpreter |
         "frequency_penalty": used.frequency_penalty, "draft_promises": used.draft_promises,
         "draft_tokens": used.draft_tokens,
         "drafted": result.stats.drafted, "drafts_rejected": result.stats.drafts_rejected,
+        "drafted_plain": result.stats.drafted_plain,
         "quantize": pasta.runner.quantize,
         "chunks": [{"topic": t.topic, "tokens": t.sampled, "close": t.close_reason} for t in result.stats.timeline[1:]],
     }
@@ -186,6 +187,7 @@ def _decoded_with(rows: list[dict]) -> dict:
         values = {row.get(key, before) for row in rows}
         found[key] = values.pop() if len(values) == 1 else "mixed"
     found["drafted_tokens"] = sum(row.get("drafted", 0) for row in rows)
+    found["drafted_plain_tokens"] = sum(row.get("drafted_plain", 0) for row in rows)
     return found
 
 

@@ -229,6 +229,8 @@ class Decoding:
         self.drafted = 0  # drafted tokens the model confirmed (sampled ones; the fed syntax among them not counted)
         self.draft_rejected = 0  # drafts cut short by a token the model chose otherwise
         self.last_draft_accepted = 0  # drafted tokens (fed syntax included) the last draft kept
+        self.drafted_plain = 0  # of `drafted`, the plain text (a list number such as "2. "), not tag syntax
+        self._draft_plain = 0  # leading plain-text tokens of the draft under check
         self.guards: list[str] = []  # runtime guards that fired, in order
         self.sync_ids = encode_piece(tokenizer, SYNC)
         self._jump_rules = _jump_rules(tokenizer) if self.limits.jump_forward and not self._teacher else []
@@ -554,6 +556,8 @@ class Decoding:
         if self._last_count is None and not topic:
             return []  # no outline to take the first topic from: nothing worth drafting
         draft = [(t, False) for t in prefix] + [(t, True) for t in syntax + topic]
+        written = len(self._opening_rule.ids) - len(syntax)  # tokens of '<promise topic="' the prefix ends with
+        self._draft_plain = len(prefix) - written  # the list number before them
         return draft + [(t, False) for t in tail] if topic else draft
 
     @property
@@ -596,6 +600,7 @@ class Decoding:
         if accepted < len(draft):
             self.draft_rejected += 1
         self.last_draft_accepted = accepted
+        self.drafted_plain += min(accepted, self._draft_plain)  # the plain tokens lead the draft
         self.layout.truncate(thread.layout_id, len(draft) - accepted)
         i = 0
         while i < accepted:

@@ -30,6 +30,7 @@ class RunStats:
     outline_topics_fed: int = 0  # promise topics fed from an outline line (DecodeLimits.outline_topics)
     drafted: int = 0  # drafted tokens the model confirmed (DecodeLimits.draft_promises; they took no pass of their own)
     drafts_rejected: int = 0  # promise drafts the model cut short by choosing another token
+    drafted_plain: int = 0  # of `drafted`, plain text (list numbers) rather than tag syntax
     # The remote backend only: requests, prompt tokens re-sent, peak concurrency (`backends.openai.RemoteStats`).
     # Its steps are the critical path (it cannot see the server's forward passes) and cache_tokens is 0.
     remote: Any = None
@@ -71,4 +72,5 @@ def build_stats(decoding: Decoding, wall_s: float, cache_tokens: int) -> RunStat
         outline_topics_fed=decoding.outline_topics_fed,
         drafted=getattr(decoding, "drafted", 0),
         drafts_rejected=getattr(decoding, "draft_rejected", 0),
+        drafted_plain=getattr(decoding, "drafted_plain", 0),
     )

@@ -131,6 +131,18 @@ def test_aggregate_counts_only_complete_answers_as_speedups():
     assert out["well_formed"] == pytest.approx(5 / 6)
 
 
+def test_aggregate_charges_drafted_plain_tokens_a_pass_each():
+    """Rows that record drafted_plain (list numbers a promise draft confirmed) get a second speedup with each of them
+    charged one forward pass: (plain tokens + 1) / (steps + drafted_plain), over the same complete answers."""
+    rows = [_row(0), _row(1), _row(2, promises=0), _row(3, complete=False)]
+    assert aggregate(rows)["speedup_drafted_plain_charged"] is None  # nothing recorded: nothing to charge
+    for row, drafted in zip(rows, (9, 51, 0, 30)):
+        row["drafted_plain"] = drafted
+    charged = aggregate(rows)["speedup_drafted_plain_charged"]
+    assert charged["theoretical_geomean_complete_promise"] == pytest.approx(math.sqrt(101 / 59 * 101 / 101))
+    assert charged["theoretical_geomean_complete"] == pytest.approx((101 / 59 * 101 / 101 * 101 / 50) ** (1 / 3))
+
+
 def test_aggregate_with_the_original_model():
     original = {"complete": True, "wall_s": 4.0, "plain_tokens": 120, "repetition": 0.2}
     rows = [_row(0, original=original), _row(1, original={**original, "complete": False})]

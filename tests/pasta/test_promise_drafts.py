@@ -205,3 +205,12 @@ def test_draft_tokens_is_a_recorded_convention_and_is_checked():
     for bad, message in ((2.5, "must be an integer"), (True, "must be an integer"), (-1, r"\[0, 100000\]")):
         with pytest.raises(ValueError, match=message):
             check_decoding_conventions({"draft_tokens": bad}, "f")
+
+
+def test_the_drafted_list_numbers_are_counted_apart_from_the_tag_syntax():
+    """drafted_plain: the confirmed drafted tokens that are plain text (the list number '2. '), so a speedup can be
+    charged for them as a decoder without drafts would (bench: speedup_drafted_plain_charged)."""
+    on = drive_script(MAIN, CHUNKS, DecodeLimits(outline_topics=True, draft_tokens=5), tokenizer=TOK)
+    assert on.drafted_plain == 3 * len("1. ") and on.drafted == 3 * len('1. <p5"/>')
+    parted = drive_script(PARTING[2], CHUNKS, OUTLINED, tokenizer=TOK)  # "2. Also: <promise": parts after "2. "
+    assert parted.drafted_plain == len("1. ") + len("2. ") + len("3. ")

@@ -149,6 +149,11 @@ def _geomean(values: list[float]) -> float | None:
     return geomean(values) if values else None
 
 
+def _charged(row: dict) -> float:
+    stats = row["pasta"]
+    return (stats["plain_tokens"] + 1) / max(1, stats["steps"] + row.get("drafted_plain", 0))
+
+
 def aggregate(rows: list[dict]) -> dict:
     """Aggregates over per-prompt rows: {"id", "pasta": AnswerStats dict, "sequential_complete": bool | None,
     "wall_speedup": float | None, optional "original": {"complete", "repetition", "plain_tokens", "wall_s"},
@@ -196,6 +201,12 @@ def aggregate(rows: list[dict]) -> dict:
             "wall_geomean_complete": _geomean([r.get("wall_speedup") for r in done]),
             "wall_geomean_complete_promise": _geomean([r.get("wall_speedup") for r in done_promised]),
         },
+        # The same with every plain-text token a promise draft confirmed (a list number) charged one forward pass, as
+        # a decoder without drafts would spend (rows that record `drafted_plain`; bench/default_model.py).
+        "speedup_drafted_plain_charged": {
+            "theoretical_geomean_complete": _geomean([_charged(r) for r in done]),
+            "theoretical_geomean_complete_promise": _geomean([_charged(r) for r in done_promised]),
+        } if any("drafted_plain" in r for r in rows) else None,
         "truncated": {
             "n": sum(r["pasta"]["finish_reason"] == "length" for r in rows),
             "ids": [r["id"] for r in rows if r["pasta"]["finish_reason"] == "length"],
