@@ -58,9 +58,10 @@ def test_sft_learns_and_saves_a_usable_adapter(setup):
     assert len(log) == 6 and log[-1] < log[0]
     assert (out / "loss.png").is_file()
     assert json.loads((out / "pasta_layout.json").read_text())["reserve_factor"] == 2.0
-    assert json.loads((out / "pasta_decoding.json").read_text()) == {"outline_topics": False}  # nothing outlined
+    # Nothing outlined; every promise says tokens="10": the count drafts propose for a list's first promise.
+    assert json.loads((out / "pasta_decoding.json").read_text()) == {"outline_topics": False, "draft_tokens": 10}
     interp = Interpreter.from_pretrained(str(model_dir), dtype="float32", adapter=str(out))
-    assert interp.decoding_defaults == {"outline_topics": False}
+    assert interp.decoding_defaults == {"outline_topics": False, "draft_tokens": 10}
     result = interp.generate("Give two tips number 3.", teacher=ROWS[0]["annotated"])
     assert result.annotated == ROWS[0]["annotated"]
 
@@ -134,9 +135,13 @@ def test_a_model_trained_on_outlined_answers_records_outline_topics(setup, tmp_p
     config = _config(root, model_dir, data, "outlined")
     _, stats = build_examples(config, tok, read_rows(config.data))
     assert stats["examples_with_outline"] == 3 and stats["examples_with_chunks"] == 6
-    assert decoding_conventions(stats) == {"outline_topics": True}  # half the forked examples are outlined
+    # Half the forked examples are outlined; all their promises say tokens="10".
+    assert decoding_conventions(stats) == {"outline_topics": True, "draft_tokens": 10}
     _, stats = build_examples(config, tok, read_rows(config.data)[2:])
-    assert decoding_conventions(stats) == {"outline_topics": False}  # 1 of 4
+    assert decoding_conventions(stats) == {"outline_topics": False, "draft_tokens": 10}  # 1 of 4 outlined
+    # No count shared by 90% of the promises: none recorded (the model writes the first count itself).
+    assert "draft_tokens" not in decoding_conventions({"promise_tokens": {"10": 8, "20": 2}})
+    assert decoding_conventions({"promise_tokens": {"30": 9, "20": 1}})["draft_tokens"] == 30
     # An outline line with no promise after it (a plain answer) is not an outlined fork; nor is a promise before it.
     from pasta.lang import is_outlined
 

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -138,7 +139,8 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
     plain = [r for r in (rows if plain_rows is None else plain_rows) if not to_structure(r["annotated"]).chunks]
     rng.shuffle(with_chunks)
     rng.shuffle(plain)
-    stats = {"rows": len(rows), "with_chunks": len(with_chunks), "too_long": 0, "examples_with_outline": 0}
+    stats = {"rows": len(rows), "with_chunks": len(with_chunks), "too_long": 0, "examples_with_outline": 0,
+             "promise_tokens": {}}  # promises per `tokens` value in the examples laid out
 
     def lay(pool: list[dict], want: int) -> list[LaidOut]:
         out = []
@@ -156,6 +158,8 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
                 continue
             out.append(laid)
             stats["examples_with_outline"] += is_outlined(row["annotated"])
+            for value in _PROMISE_TOKENS.findall(row["annotated"]):
+                stats["promise_tokens"][value] = stats["promise_tokens"].get(value, 0) + 1
         return out
 
     total = config.max_examples or len(rows)
@@ -174,9 +178,19 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
 
 def decoding_conventions(data_stats: dict) -> dict:
     """What a model trained on these examples needs at decode time (pasta_decoding.json): outline topics when most
-    forked examples were outlined."""
+    forked examples were outlined; `draft_tokens` when at least 90% of their promises carry one token count (the
+    model will write it too: promise drafts propose it for a list's first promise, DecodeLimits.draft_tokens)."""
     forked = data_stats.get("examples_with_chunks", 0)
-    return {"outline_topics": forked > 0 and data_stats.get("examples_with_outline", 0) * 2 >= forked}
+    conventions = {"outline_topics": forked > 0 and data_stats.get("examples_with_outline", 0) * 2 >= forked}
+    counts = data_stats.get("promise_tokens") or {}
+    if counts:
+        value, n = max(counts.items(), key=lambda item: item[1])
+        if n >= 0.9 * sum(counts.values()) and 0 < int(value) <= 100000:
+            conventions["draft_tokens"] = int(value)
+    return conventions
+
+
+_PROMISE_TOKENS = re.compile(r'<promise\b[^>]*?\btokens="(\d+)"')
 
 
 def _has_fork(laid: LaidOut) -> bool:
