@@ -38,6 +38,7 @@ from .lang import (
     SYNC,
     AsyncClose,
     AsyncOpen,
+    MAX_TOKENS,
     OUTLINE_PREFIX,
     Promise,
     Recognizer,
@@ -130,8 +131,8 @@ class DecodeLimits:
         check_penalty("presence_penalty", self.presence_penalty)
         check_penalty("frequency_penalty", self.frequency_penalty)
         if self.draft_tokens is not None and (not isinstance(self.draft_tokens, int) or isinstance(self.draft_tokens, bool)
-                                              or not 0 <= self.draft_tokens <= 100000):
-            raise ValueError(f"draft_tokens must be an integer in [0, 100000], got {self.draft_tokens!r}")
+                                              or not 0 <= self.draft_tokens <= MAX_TOKENS):
+            raise ValueError(f"draft_tokens must be an integer in [0, {MAX_TOKENS}], got {self.draft_tokens!r}")
         for name in ("max_new_tokens", "max_thread_tokens", "max_threads", "max_promises", "max_promises_per_sync"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -219,9 +220,9 @@ class Decoding:
         self._main_markers: list[tuple[str, int, int]] = []  # (fork|sync, main pass ordinal, chunk index)
         self._main_passes = 0  # forward passes in which the main thread took tokens (its critical path)
         self._main_pass_step = -1
-        # Promise drafts (DecodeLimits.draft_promises): the lines of accepted promises, as (tokens, fed flags, length
-        # of the outline topic fed), the last promise's count since the last sync, and the draft under check.
-        self._promise_lines: list[tuple[list[int], list[bool], int]] = []
+        # Promise drafts (DecodeLimits.draft_promises): the last accepted promise's line, as (tokens, fed flags, length
+        # of the outline topic fed), its count since the last sync, and the draft under check.
+        self._promise_line: tuple[list[int], list[bool], int] | None = None
         self._last_count: tuple[int, int] | None = None
         self._last_outline_fed = 0
         self._draft_start: int | None = None  # logit row of the main thread's pending token when a draft rides on it
@@ -313,7 +314,11 @@ class Decoding:
                 self._draft_start = len(self._samplers)
             inputs.logit_rows.extend(range(first, len(inputs.token_ids)))
             self._samplers.extend([self.threads.index(thread)] * (1 + len(draft)))
-        for promise in thread.forks:  # the promise tag is now in the cache: its chunk's view is fixed here
+        self._fork_written(thread)
+
+    def _fork_written(self, thread: _Thread) -> None:
+        """Fork the chunks of the promises whose tags are now in the cache (their chunks' view is fixed here)."""
+        for promise in thread.forks:
             self._fork(promise)
         thread.forks = []
 
@@ -526,9 +531,9 @@ class Decoding:
         tail: list[int] = []
         if self._last_count is not None:
             j, total = self._last_count
-            if j >= total or not self._promise_lines:
+            if j >= total or self._promise_line is None:
                 return []
-            tokens, fed, topic_fed = self._promise_lines[-1]
+            tokens, fed, topic_fed = self._promise_line
             digits = 0
             while digits < len(tokens) and not fed[digits] and self.tokenizer.decode(tokens[: digits + 1]).isdigit():
                 digits += 1
@@ -575,11 +580,12 @@ class Decoding:
             tokens.append(token)
             if any(not isinstance(event, Text) for event in recognizer.feed(detok.push(token))):
                 return None  # the prefix would complete a tag
-            rule = next((r for r in self._jump_rules if r.begun(recognizer.pending, tokens)), None)
-            if rule is not None:
+            for rule in self._jump_rules:
+                k = rule.begun(recognizer.pending, tokens)
+                if not k:
+                    continue
                 if n < len(prefix) or not rule.opens_promise:
                     return None
-                k = rule.begun(recognizer.pending, tokens)
                 topic, past = self._outline_rest(thread, rule) if self.limits.outline_topics else ([], False)
                 return None if past else (rule.ids[k:], topic)
         return None
@@ -613,15 +619,12 @@ class Decoding:
             if jumped != [t for t, _ in draft[i : i + len(jumped)]]:
                 raise RuntimeError("draft and jump-forward disagree (this is a bug; please report it)")
             i += len(jumped)
-            for promise in thread.forks:  # the promise tag is already in the cache: its chunk forks now
-                self._fork(promise)
-            thread.forks = []
-            if self.sampled >= self.limits.max_new_tokens:
-                self.layout.truncate(thread.layout_id, accepted - i)
-                self._stop_all("request_budget")
-                return None
-            if thread.state == "done":
-                self.layout.truncate(thread.layout_id, accepted - i)
+            self._fork_written(thread)  # a promise the draft completed is already in the cache: it forks now
+            out_of_budget = self.sampled >= self.limits.max_new_tokens
+            if out_of_budget or thread.state == "done":
+                self.layout.truncate(thread.layout_id, accepted - i)  # the confirmed tokens not taken
+                if out_of_budget:
+                    self._stop_all("request_budget")
                 return None
         return chosen[accepted]
 
@@ -747,7 +750,7 @@ class Decoding:
                 self._main_markers.append(("fork", self._main_passes, len(self.threads) + len(thread.forks) - 1))
                 self._last_count = topic_count(event.topic)
                 start = thread.line_start
-                self._promise_lines.append((thread.tokens[start:], thread.fed[start:], self._last_outline_fed))
+                self._promise_line = (thread.tokens[start:], thread.fed[start:], self._last_outline_fed)
                 self._last_outline_fed = 0
                 return
             if isinstance(event, Sync):
