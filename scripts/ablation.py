@@ -167,6 +167,15 @@ ONPOLICY: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
                               "with the penalty", "shipped-r17", ["data/sft-onpolicy-r17p.jsonl"],
                               ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"],
                               [*OUTLINED, "--presence-penalty", "0.5"]),
+    "r25-unlikelihood": ("one round on r17 with unlikelihood on repeated outline items (pasta.train.unlikelihood, "
+                         "weight 1): cross-entropy on r24's data and r20's best-of-4 forks for the guarded prompts, "
+                         "where each token that would copy an earlier outline item is pushed down, plus the 130 "
+                         "repeated outlines r17 wrote itself (the rejected side of its outline_repeat correction "
+                         "pairs) on unlikelihood alone; 2 epochs at lr 1e-4; decoded with the presence penalty 0.5",
+                         "shipped-r17", ["data/sft-onpolicy-r17p.jsonl", "data/sft-sampled-r17.jsonl"],
+                         ["--epochs", "2", "--lr", "1e-4", "--annotated-fraction", "data", "--max-length", "640",
+                          "--unlikelihood", "1.0", "--repeat-data", "data/pairs-r17-all.jsonl"],
+                         [*OUTLINED, "--presence-penalty", "0.5"]),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 

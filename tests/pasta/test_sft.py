@@ -169,3 +169,40 @@ def test_a_run_can_continue_from_a_trained_adapter(setup):
         _config(root, model_dir, data, "x", lora=False, init_adapter=str(first))
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         _config(root, model_dir, data, "x", init_adapter=str(root))
+
+
+def test_unlikelihood_run_lays_out_repeats_and_records_them(setup, tmp_path):
+    root, model_dir, _ = setup
+    outlined = [dict(row, annotated=row["annotated"].replace("Tips:\n", "Tips:\nOverview: ab; ac.\n\n"))
+                for row in ROWS[:6]]
+    data = tmp_path / "outlined.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in outlined))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in [
+        {"prompt": "p", "kind": "outline_repeat", "rejected": "Tips:\nOverview: ab; cd; ab;"},
+        {"prompt": "p", "kind": "outline_repeat", "rejected": "Tips:\nOverview: ab; cd;"},  # not a repeat: dropped
+    ]))
+    out = train_sft(_config(root, model_dir, data, "ul", max_steps=2, unlikelihood=1.0, repeat_data=[str(pairs)]))
+    stats = json.loads((out / "data_stats.json").read_text())
+    # Each outline has one copy slot (" ac" after " a": "b" would copy item 1) and the repeat its three tokens.
+    # (The tiny model's tokenizer spells by bytes or byte pairs: count from the laid-out examples, not by hand.)
+    assert stats["repeat_examples"] == 1 and stats["examples"] == 7
+    assert stats["unlikelihood_slots"] >= 6 + 1
+    assert json.loads((out / "sft_config.json").read_text())["unlikelihood"] == 1.0
+
+
+def test_cli_passes_unlikelihood_options(monkeypatch, tmp_path):
+    import argparse
+
+    from pasta.train import cli, sft
+
+    seen = {}
+    monkeypatch.setattr(sft, "train_sft", lambda config: seen.setdefault("config", config) and tmp_path)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(ROWS[0]) + "\n")
+    parser = argparse.ArgumentParser()
+    cli.add_train_parser(parser.add_subparsers())
+    args = parser.parse_args(["train", "sft", "--data", str(data), "--out", str(tmp_path / "o"),
+                              "--unlikelihood", "0.5", "--repeat-data", str(data)])
+    assert args.func(args) == 0
+    assert seen["config"].unlikelihood == 0.5 and seen["config"].repeat_data == [str(data)]

@@ -34,6 +34,11 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--fixed-reserve", type=int, default=None, help="reserve this many positions for every chunk")
     p.add_argument("--main-loss-weight", type=float, default=1.0,
                    help="loss weight of the main thread's tokens (topics, sync decisions) relative to the chunks'")
+    p.add_argument("--unlikelihood", type=float, default=0.0,
+                   help="weight of the unlikelihood loss on tokens that copy an earlier outline item (0: off)")
+    p.add_argument("--repeat-data", nargs="+", default=None,
+                   help="correction-pair JSONL files: their outline_repeat rejected sides (the model's own repeats) "
+                        "are trained with the unlikelihood loss alone; needs --unlikelihood")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--save-steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -68,7 +73,7 @@ def run_sft(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
         max_examples=args.max_examples, annotated_fraction=args.annotated_fraction,
         reserve_factor=args.reserve_factor, fixed_reserve=args.fixed_reserve, main_loss_weight=args.main_loss_weight, bf16=args.bf16, save_steps=args.save_steps, seed=args.seed,
-        resume=args.resume, torch_threads=args.threads,
+        resume=args.resume, torch_threads=args.threads, unlikelihood=args.unlikelihood, repeat_data=args.repeat_data,
     )
     out = train_sft(config)
     print(json.dumps({"output": str(out)}), file=sys.stdout)

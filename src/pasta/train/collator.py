@@ -30,6 +30,7 @@ class LaidOut:
     labels: torch.Tensor  # [n] long: next token of the same thread, or -100
     prompt_length: int
     weights: torch.Tensor | None = None  # [n] float loss weight per label (None: all 1)
+    negatives: torch.Tensor | None = None  # [n, K] token ids to push down per slot (-1: none), `.unlikelihood`
 
     def __len__(self) -> int:
         return int(self.input_ids.numel())
@@ -45,11 +46,17 @@ def layout_example(
     train_on_prompt: bool = False,
     main_weight: float = 1.0,
     end_with_eos: bool = True,
+    negatives: str | None = None,
 ) -> LaidOut:
     """`main_weight`: loss weight of the main thread's labels (topics, list markers, the sync decision, the text
     around the chunks) relative to the chunks' (1). The main thread's tokens are few, but they carry the structure.
     `end_with_eos=False`: `annotated` is a cut-off answer (the rejected side of a correction pair), so the main
-    thread's end of answer is laid out but not labelled (nothing says the model would have stopped there)."""
+    thread's end of answer is laid out but not labelled (nothing says the model would have stopped there).
+    `negatives`: unlikelihood candidates on the main thread's outline items (`pasta.train.unlikelihood`): "copies"
+    (a good answer: the earlier item a token would copy) or "repeat" (a model's own failure, cut after a repeated
+    item: that item's tokens, and no cross-entropy anywhere in the answer)."""
+    if negatives not in (None, "copies", "repeat"):
+        raise ValueError(f"negatives must be None, 'copies' or 'repeat', got {negatives!r}")
     eos = tokenizer.eos_token_id if eos_id is None else eos_id
     program = forced_program(tokenizer, annotated, eos_id=eos)
     decoding = Decoding(
@@ -60,6 +67,7 @@ def layout_example(
     labels: list[int] = []
     weights: list[float] = []
     last_main = None  # slot of the main thread's last label (its EOS)
+    main_slots: list[int] = []  # the main thread's label slots in order
     while not decoding.done:
         inputs = decoding.next_inputs()
         token_ids.extend(inputs.token_ids)
@@ -72,12 +80,20 @@ def layout_example(
             weights[inputs.slots[row]] = main_weight if thread == 0 else 1.0
             if thread == 0:
                 last_main = inputs.slots[row]
+                main_slots.append(last_main)
     if not end_with_eos and last_main is not None and labels[last_main] == eos:
         labels[last_main] = IGNORE
         weights[last_main] = 0.0
     n = len(token_ids)
     if train_on_prompt:
         labels[: len(prompt_ids) - 1] = token_ids[1 : len(prompt_ids)]
+    negative_ids = None
+    if negatives is not None:
+        labelled = [s for s in main_slots if labels[s] != IGNORE]  # not the unlabelled end of a cut answer
+        negative_ids = _negatives(tokenizer, [labels[s] for s in labelled], labelled, n, negatives)
+        if negatives == "repeat":
+            weights = [0.0] * n
+            main_weight = 0.0  # so that the weights below are kept, not dropped as "all 1"
     return LaidOut(
         input_ids=torch.tensor(token_ids, dtype=torch.long),
         position_ids=torch.tensor(decoding.layout.positions, dtype=torch.long),
@@ -85,7 +101,19 @@ def layout_example(
         labels=torch.tensor(labels, dtype=torch.long),
         prompt_length=len(prompt_ids),
         weights=None if main_weight == 1.0 else torch.tensor(weights, dtype=torch.float),
+        negatives=negative_ids,
     )
+
+
+def _negatives(tokenizer, main_tokens: list[int], main_slots: list[int], n: int, kind: str) -> torch.Tensor:
+    from .unlikelihood import copy_negatives, repeat_negatives, token_pieces
+
+    pieces = token_pieces(tokenizer, main_tokens)
+    found = (copy_negatives if kind == "copies" else repeat_negatives)(main_tokens, pieces)
+    out = torch.full((n, max((len(ids) for ids in found.values()), default=0)), -1, dtype=torch.long)
+    for index, ids in found.items():
+        out[main_slots[index], : len(ids)] = torch.tensor(ids)
+    return out
 
 
 def collate(examples: list[LaidOut], pad_id: int = 0) -> dict[str, torch.Tensor]:
@@ -98,6 +126,8 @@ def collate(examples: list[LaidOut], pad_id: int = 0) -> dict[str, torch.Tensor]
     mask = torch.eye(longest, dtype=torch.bool).repeat(batch, 1, 1)
     weighted = any(e.weights is not None for e in examples)
     weights = torch.zeros((batch, longest), dtype=torch.float)
+    width = max((e.negatives.size(1) for e in examples if e.negatives is not None), default=None)
+    negatives = None if width is None else torch.full((batch, longest, max(width, 1)), -1, dtype=torch.long)
     for b, e in enumerate(examples):
         n = len(e)
         input_ids[b, :n] = e.input_ids
@@ -105,9 +135,13 @@ def collate(examples: list[LaidOut], pad_id: int = 0) -> dict[str, torch.Tensor]
         labels[b, :n] = e.labels
         mask[b, :n, :n] = e.attention_mask
         weights[b, :n] = e.weights if e.weights is not None else (e.labels != IGNORE).float()
+        if negatives is not None and e.negatives is not None:
+            negatives[b, :n, : e.negatives.size(1)] = e.negatives
     out = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask[:, None], "labels": labels}
     if weighted:
         out["weights"] = weights
+    if negatives is not None:
+        out["negatives"] = negatives
     return out
 
 
@@ -135,9 +169,19 @@ def sequence_logprob(model, laid_out: LaidOut | list[LaidOut], pad_id: int = 0) 
     return sums if isinstance(laid_out, list) else sums[0]
 
 
-def causal_lm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean token cross-entropy over labelled positions (the SFT loss); weighted mean when the batch has weights."""
+def causal_lm_loss(model, batch: dict[str, torch.Tensor], unlikelihood: float = 0.0) -> torch.Tensor:
+    """Mean token cross-entropy over labelled positions (the SFT loss); weighted mean when the batch has weights.
+    Plus `unlikelihood` x the mean unlikelihood loss of the batch's negative candidates, when it has any."""
     logits = forward_laid_out(model, batch).logits.float()
+    cross_entropy = _cross_entropy(logits, batch)
+    if unlikelihood and "negatives" in batch:
+        from .unlikelihood import unlikelihood_loss
+
+        return cross_entropy + unlikelihood * unlikelihood_loss(logits, batch["negatives"].to(logits.device))
+    return cross_entropy
+
+
+def _cross_entropy(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     flat = logits.reshape(-1, logits.size(-1))
     labels = batch["labels"].reshape(-1)
     if "weights" not in batch:

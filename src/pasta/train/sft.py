@@ -60,12 +60,18 @@ class SFTConfig:
     fixed_reserve: int | None = None
     main_loss_weight: float = 1.0  # loss weight of the main thread's tokens relative to the chunks'
     torch_threads: int | None = None
+    # Unlikelihood on repeated outline items (pasta.train.unlikelihood): weight of its loss next to cross-entropy
+    # (0 = off). With it, every outline in the data pushes down the token that would copy an earlier item, and
+    # `repeat_data` (correction pairs, `scripts/correction_pairs.py`: their outline_repeat rows' rejected side, the
+    # model's own repeat) adds answers trained on that loss alone.
+    unlikelihood: float = 0.0
+    repeat_data: list[str] | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.data:
             raise ValueError("give at least one data file")
-        for path in [*self.data, *(self.plain_data or [])]:
+        for path in [*self.data, *(self.plain_data or []), *(self.repeat_data or [])]:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"training data {path} not found")
         if self.init_adapter is not None:
@@ -84,6 +90,10 @@ class SFTConfig:
             raise ValueError(f"annotated_fraction must be in [0, 1], got {self.annotated_fraction}")
         if self.max_length < 16:
             raise ValueError("max_length must be >= 16")
+        if not (self.unlikelihood >= 0):
+            raise ValueError(f"unlikelihood must be >= 0, got {self.unlikelihood}")
+        if self.repeat_data and not self.unlikelihood:
+            raise ValueError("repeat_data is trained with the unlikelihood loss alone: give unlikelihood > 0")
 
     @property
     def layout(self) -> LayoutConfig:
@@ -125,15 +135,35 @@ def read_rows(paths: list[str]) -> list[dict]:
     return rows
 
 
+def read_repeat_rows(paths: list[str]) -> list[dict]:
+    """The model's own repeated outlines: the rejected side of outline_repeat correction pairs (rows without a kind
+    count too). Bad rows are reported (file:line) and skipped."""
+    rows = []
+    for path in paths:
+        for line_no, row in jsonl_lines(path):
+            if not isinstance(row, dict):
+                log.warning("%s:%d: not a JSON object; skipped", path, line_no)
+                continue
+            if row.get("kind", "outline_repeat") != "outline_repeat":
+                continue
+            prompt, rejected = row.get("prompt"), row.get("rejected")
+            if not isinstance(prompt, str) or not isinstance(rejected, str) or not prompt or not rejected:
+                log.warning("%s:%d: needs non-empty string fields prompt and rejected; skipped", path, line_no)
+                continue
+            rows.append({"prompt": prompt, "annotated": rejected, "id": row.get("id", f"{path}:{line_no}")})
+    return rows
+
+
 def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
     """The prompt ids SFT trains on: `pasta.chat`, the same path serving uses."""
     return prompt_ids(tokenizer, prompt)
 
 
 def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
-                   plain_rows: list[dict] | None = None) -> tuple[list[LaidOut], dict]:
+                   plain_rows: list[dict] | None = None,
+                   repeat_rows: list[dict] | None = None) -> tuple[list[LaidOut], dict]:
     """Lay out rows, keeping those that fit, mixing annotated and plain answers as configured (plain answers from
-    `plain_rows` when given, else from `rows`)."""
+    `plain_rows` when given, else from `rows`), plus the unlikelihood-only `repeat_rows` that end in a repeat."""
     rng = random.Random(config.seed)
     with_chunks = [r for r in rows if to_structure(r["annotated"]).chunks]
     plain = [r for r in (rows if plain_rows is None else plain_rows) if not to_structure(r["annotated"]).chunks]
@@ -152,7 +182,8 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
                 stats["too_long"] += 1
                 continue
             laid = layout_example(tokenizer, prompt_ids, row["annotated"], config.layout,
-                                  main_weight=config.main_loss_weight)
+                                  main_weight=config.main_loss_weight,
+                                  negatives="copies" if config.unlikelihood else None)
             if len(laid) > config.max_length:
                 stats["too_long"] += 1
                 continue
@@ -169,11 +200,30 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
         annotated = lay(with_chunks, round(total * config.annotated_fraction))
         n_plain = round(len(annotated) * (1 - config.annotated_fraction) / max(config.annotated_fraction, 1e-9))
         examples = annotated + lay(plain, min(n_plain, total - len(annotated)))
+    if repeat_rows:
+        repeats = [e for e in (_lay_repeat(config, tokenizer, row) for row in repeat_rows) if e is not None]
+        stats["repeat_examples"] = len(repeats)
+        examples += repeats
+    if config.unlikelihood:
+        stats["unlikelihood_slots"] = sum(int((e.negatives >= 0).any(-1).sum()) for e in examples
+                                          if e.negatives is not None)
     rng.shuffle(examples)
     stats["examples"] = len(examples)
     stats["examples_with_chunks"] = sum(1 for e in examples if _has_fork(e))
     stats["tokens"] = sum(len(e) for e in examples)
     return examples, stats
+
+
+def _lay_repeat(config: SFTConfig, tokenizer, row: dict) -> LaidOut | None:
+    """A cut answer ending in a repeated outline item, or None when it does not end in one or does not fit."""
+    prompt_ids = chat_prompt_ids(tokenizer, row["prompt"])
+    if len(prompt_ids) > config.max_prompt_tokens:
+        return None
+    laid = layout_example(tokenizer, prompt_ids, row["annotated"], config.layout, end_with_eos=False,
+                          negatives="repeat")
+    if len(laid) > config.max_length or not bool((laid.negatives >= 0).any()):
+        return None
+    return laid
 
 
 def decoding_conventions(data_stats: dict) -> dict:
@@ -243,7 +293,8 @@ def train_sft(config: SFTConfig, callbacks: list | None = None) -> Path:
         ))
     rows = read_rows(config.data)
     plain_rows = read_rows(config.plain_data) if config.plain_data else None
-    examples, data_stats = build_examples(config, tokenizer, rows, plain_rows)
+    repeat_rows = read_repeat_rows(config.repeat_data) if config.repeat_data else None
+    examples, data_stats = build_examples(config, tokenizer, rows, plain_rows, repeat_rows)
     if not examples:
         raise ValueError(f"no usable training example in {config.data} (all too long or invalid)")
     log.info("training data: %s", data_stats)
@@ -252,7 +303,7 @@ def train_sft(config: SFTConfig, callbacks: list | None = None) -> Path:
 
     class PastaTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss = causal_lm_loss(model, inputs)
+            loss = causal_lm_loss(model, inputs, config.unlikelihood)
             return (loss, None) if return_outputs else loss
 
     args = TrainingArguments(
