@@ -71,13 +71,8 @@ def add_outline_topics_option(p: argparse.ArgumentParser) -> None:
 
 
 def limits_from_args(args) -> DecodeLimits:
-    return DecodeLimits(max_new_tokens=getattr(args, "max_new_tokens", DecodeLimits.max_new_tokens),
-                        max_thread_tokens=args.max_thread_tokens, max_threads=args.max_threads,
-                        outline_topics=getattr(args, "outline_topics", None),
-                        presence_penalty=getattr(args, "presence_penalty", None),
-                        frequency_penalty=getattr(args, "frequency_penalty", None),
-                        draft_promises=getattr(args, "draft_promises", True),
-                        draft_tokens=getattr(args, "draft_tokens", None))
+    return DecodeLimits.from_options(args, max_new_tokens=getattr(args, "max_new_tokens", DecodeLimits.max_new_tokens),
+                                     max_thread_tokens=args.max_thread_tokens, max_threads=args.max_threads)
 
 
 def add_sampling_options(p: argparse.ArgumentParser, *, seed: int | None = None) -> None:

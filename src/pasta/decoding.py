@@ -120,6 +120,13 @@ class DecodeLimits:
     # model writes the first count itself.
     draft_tokens: int | None = None
 
+    @classmethod
+    def from_options(cls, source, **budgets) -> DecodeLimits:
+        """Limits with the given budgets and the decoding options (`DECODING_OPTIONS`) that `source` carries - an
+        argparse namespace, an eval or serve config; an option it lacks keeps its default. The one place the CLI, the
+        evaluation and the server turn their settings into limits, so a new option is added once."""
+        return cls(**budgets, **{name: getattr(source, name) for name in DECODING_OPTIONS if hasattr(source, name)})
+
     def resolved(self, model_defaults: dict) -> DecodeLimits:
         """These limits with the fields left None taken from a model's recorded decoding conventions."""
         unknown = {"outline_topics": False, "presence_penalty": 0.0, "frequency_penalty": 0.0,  # recorded by none
@@ -137,6 +144,9 @@ class DecodeLimits:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+DECODING_OPTIONS = ("outline_topics", "presence_penalty", "frequency_penalty", "draft_promises", "draft_tokens")
 
 
 @dataclass

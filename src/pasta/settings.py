@@ -20,14 +20,9 @@ class DecodeSettings:
 
     @property
     def limits(self) -> DecodeLimits:
-        # outline_topics, penalties, draft_tokens: None (as the model records) unless the config has the field and
-        # sets it; promise drafts on unless it turns them off
-        return DecodeLimits(self.max_new_tokens, self.max_thread_tokens, self.max_threads,
-                            outline_topics=getattr(self, "outline_topics", None),
-                            presence_penalty=getattr(self, "presence_penalty", None),
-                            frequency_penalty=getattr(self, "frequency_penalty", None),
-                            draft_promises=getattr(self, "draft_promises", True),
-                            draft_tokens=getattr(self, "draft_tokens", None))
+        # the decoding options this config has fields for; the others as the model records (promise drafts on)
+        return DecodeLimits.from_options(self, max_new_tokens=self.max_new_tokens,
+                                         max_thread_tokens=self.max_thread_tokens, max_threads=self.max_threads)
 
     @property
     def sampling(self) -> SamplingParams:

@@ -135,3 +135,23 @@ def test_quantize_reaches_the_interpreter(command, monkeypatch):
         assert seen[-1] == expected
     with pytest.raises(SystemExit):
         build_parser().parse_args(COMMANDS[command] + ["--quantize", "int3"])
+
+
+def test_decoding_options_are_read_in_one_place_and_serve_and_eval_expose_them_all(tmp_path):
+    from argparse import Namespace
+    from dataclasses import fields
+
+    from pasta.decoding import DECODING_OPTIONS
+    from pasta.eval.runner import EvalConfig
+    from pasta.serve.config import ServeConfig
+
+    assert set(DECODING_OPTIONS) <= {f.name for f in fields(DecodeLimits)}
+    chosen = {"outline_topics": True, "presence_penalty": 0.4, "frequency_penalty": 0.2, "draft_promises": False,
+              "draft_tokens": 12}
+    assert set(chosen) == set(DECODING_OPTIONS)  # a new option: give it a value here
+    for config in (ServeConfig(**chosen), EvalConfig(out=str(tmp_path), **chosen)):
+        limits = config.limits(64) if isinstance(config, ServeConfig) else config.limits
+        assert {name: getattr(limits, name) for name in DECODING_OPTIONS} == chosen
+    budgets = {"max_new_tokens": 9, "max_thread_tokens": 8, "max_threads": 2}
+    assert DecodeLimits.from_options(Namespace(), **budgets) == DecodeLimits(**budgets)  # lacking: the defaults
+    assert DecodeLimits.from_options(Namespace(draft_tokens=3), **budgets).draft_tokens == 3

@@ -51,7 +51,6 @@ class ServeConfig:
 
     def limits(self, max_tokens: int) -> DecodeLimits:
         """One request's budgets: its own `max_tokens`, this server's per-chunk and parallelism limits."""
-        return DecodeLimits(max_new_tokens=max_tokens, max_thread_tokens=min(max_tokens, self.max_thread_tokens),
-                            max_threads=self.max_threads, outline_topics=self.outline_topics,
-                            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-                            draft_promises=self.draft_promises, draft_tokens=self.draft_tokens)
+        return DecodeLimits.from_options(self, max_new_tokens=max_tokens,
+                                         max_thread_tokens=min(max_tokens, self.max_thread_tokens),
+                                         max_threads=self.max_threads)
