@@ -139,6 +139,7 @@ DECODING: dict[str, tuple[str, str, list[str]]] = {
 # decoding arguments: as its starting point was when its data was generated). The data
 # is the starting model's own greedy answers to ShareGPT instructions with its guards on, filtered
 # (scripts/onpolicy_distill.py, pasta.data.onpolicy).
+R25_DATA = "results/training/r25-unlikelihood"  # committed: the round that became the default model
 OUTLINED = ["--outline-topics"]  # decoded with outline topics and their guards, as r16 and r17 record
 ONPOLICY: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
     "r17-onpolicy": ("one round of on-policy self-distillation on the shipped r16: its own answers to 640 ShareGPT "
@@ -172,10 +173,20 @@ ONPOLICY: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
                          "where each token that would copy an earlier outline item is pushed down, plus the 130 "
                          "repeated outlines r17 wrote itself (the rejected side of its outline_repeat correction "
                          "pairs) on unlikelihood alone; 2 epochs at lr 1e-4; decoded with the presence penalty 0.5",
-                         "shipped-r17", ["data/sft-onpolicy-r17p.jsonl", "data/sft-sampled-r17.jsonl"],
+                         "shipped-r17", [f"{R25_DATA}/sft-onpolicy-r17p.jsonl",
+                                         "results/candidates/r20-onpolicy-best-of-4/data/sft-sampled-r17.jsonl"],
                          ["--epochs", "2", "--lr", "1e-4", "--annotated-fraction", "data", "--max-length", "640",
-                          "--unlikelihood", "1.0", "--repeat-data", "data/pairs-r17-all.jsonl"],
+                          "--unlikelihood", "1.0", "--repeat-data",
+                          "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl", "--no-unlikelihood-empty-items"],
                          [*OUTLINED, "--presence-penalty", "0.5"]),
+    "r26-unlikelihood-empty": ("r25 where each outline item's first token also pushes down the separators ';' and '.' "
+                               "(an empty item, where r25 escaped to: 'Grill;; Store')", "shipped-r17",
+                               [f"{R25_DATA}/sft-onpolicy-r17p.jsonl",
+                                "results/candidates/r20-onpolicy-best-of-4/data/sft-sampled-r17.jsonl"],
+                               ["--epochs", "2", "--lr", "1e-4", "--annotated-fraction", "data", "--max-length", "640",
+                                "--unlikelihood", "1.0", "--repeat-data",
+                                "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl"],
+                               [*OUTLINED, "--presence-penalty", "0.5"]),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 

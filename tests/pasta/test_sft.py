@@ -203,6 +203,7 @@ def test_cli_passes_unlikelihood_options(monkeypatch, tmp_path):
     parser = argparse.ArgumentParser()
     cli.add_train_parser(parser.add_subparsers())
     args = parser.parse_args(["train", "sft", "--data", str(data), "--out", str(tmp_path / "o"),
-                              "--unlikelihood", "0.5", "--repeat-data", str(data)])
+                              "--unlikelihood", "0.5", "--repeat-data", str(data), "--no-unlikelihood-empty-items"])
     assert args.func(args) == 0
     assert seen["config"].unlikelihood == 0.5 and seen["config"].repeat_data == [str(data)]
+    assert seen["config"].unlikelihood_empty_items is False

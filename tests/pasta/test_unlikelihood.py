@@ -13,7 +13,8 @@ from tiny import ByteTokenizer, tiny_model
 from pasta.layout import LayoutConfig
 from pasta.train.collator import IGNORE, causal_lm_loss, collate, forward_laid_out, layout_example
 from pasta.train.sft import SFTConfig, read_repeat_rows
-from pasta.train.unlikelihood import copy_negatives, outline_items, repeat_negatives, token_pieces, unlikelihood_loss
+from pasta.train.unlikelihood import (copy_negatives, outline_items, repeat_negatives, separator_tokens, token_pieces,
+                                      unlikelihood_loss)
 
 TOK = ByteTokenizer()
 
@@ -49,6 +50,16 @@ def test_copy_negatives_push_down_the_copy_never_the_target():
     # distinct first tokens: each item start pushes down every earlier start
     ids, pieces = words("Overview", ":", " A", ";", " B", ";", " C", ".\n")
     assert copy_negatives(ids, pieces) == {4: [ids[2]], 6: sorted([ids[2], ids[4]])}
+    # separators: every item's first token also pushes down an empty item (";", "."), never its own target
+    separators = frozenset({ids[3], ids[7], 99})
+    assert copy_negatives(ids, pieces, separators) == {2: [ids[3], ids[7], 99], 4: sorted([ids[2], ids[3], ids[7], 99]),
+                                                      6: sorted([ids[2], ids[4], ids[3], ids[7], 99])}
+    ids, pieces = words("Overview", ":", ";", " B", ".\n")  # an empty first item: its target is a separator
+    assert copy_negatives(ids, pieces, frozenset({ids[2]})) == {}
+
+
+def test_separator_tokens_are_the_tokens_made_of_semicolons_and_dots():
+    assert separator_tokens(TOK) == {ord(";"), ord(".")}
 
 
 def test_repeat_negatives_only_for_a_final_repeat():
@@ -93,10 +104,15 @@ def test_layout_attaches_negatives_to_the_slot_that_predicts_the_token():
     prompt = TOK.encode("q")
     good = layout_example(TOK, prompt, ANSWER, LayoutConfig(), eos_id=TOK.eos_token_id, negatives="copies")
     rows = (good.negatives >= 0).any(-1).nonzero().flatten().tolist()
-    # item 2 " cd": after the shared space, "c" would have been "a" (a copy of " ab")
-    assert [chr(good.labels[r]) for r in rows] == ["c"]
-    assert good.negatives[rows[0]].tolist() == [ord("a")]
+    # each item's first token (its space) pushes down an empty item; in item 2 " cd", after the shared space, "c"
+    # would have been "a" (a copy of " ab")
+    assert [chr(good.labels[r]) for r in rows] == [" ", " ", "c"]
+    assert [sorted(x for x in good.negatives[r].tolist() if x >= 0) for r in rows] == [
+        [ord("."), ord(";")], [ord("."), ord(";")], [ord("a")]]
     assert good.weights is None  # cross-entropy as without negatives
+    plain = layout_example(TOK, prompt, ANSWER, LayoutConfig(), eos_id=TOK.eos_token_id, negatives="copies",
+                           empty_item_negatives=False)  # as row r25 was trained: copies only
+    assert (plain.negatives >= 0).sum() == 1 and ord("a") in plain.negatives.flatten().tolist()
     bad = layout_example(TOK, prompt, REJECTED, LayoutConfig(), eos_id=TOK.eos_token_id, end_with_eos=False,
                          negatives="repeat")
     rows = (bad.negatives >= 0).any(-1).nonzero().flatten().tolist()

@@ -39,6 +39,8 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--repeat-data", nargs="+", default=None,
                    help="correction-pair JSONL files: their outline_repeat rejected sides (the model's own repeats) "
                         "are trained with the unlikelihood loss alone; needs --unlikelihood")
+    p.add_argument("--no-unlikelihood-empty-items", dest="unlikelihood_empty_items", action="store_false",
+                   help="with --unlikelihood, do not push down separators at an outline item's start (row r25)")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--save-steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -74,6 +76,7 @@ def run_sft(args: argparse.Namespace) -> int:
         max_examples=args.max_examples, annotated_fraction=args.annotated_fraction,
         reserve_factor=args.reserve_factor, fixed_reserve=args.fixed_reserve, main_loss_weight=args.main_loss_weight, bf16=args.bf16, save_steps=args.save_steps, seed=args.seed,
         resume=args.resume, torch_threads=args.threads, unlikelihood=args.unlikelihood, repeat_data=args.repeat_data,
+        unlikelihood_empty_items=args.unlikelihood_empty_items,
     )
     out = train_sft(config)
     print(json.dumps({"output": str(out)}), file=sys.stdout)

@@ -47,6 +47,7 @@ def layout_example(
     main_weight: float = 1.0,
     end_with_eos: bool = True,
     negatives: str | None = None,
+    empty_item_negatives: bool = True,
 ) -> LaidOut:
     """`main_weight`: loss weight of the main thread's labels (topics, list markers, the sync decision, the text
     around the chunks) relative to the chunks' (1). The main thread's tokens are few, but they carry the structure.
@@ -54,7 +55,8 @@ def layout_example(
     thread's end of answer is laid out but not labelled (nothing says the model would have stopped there).
     `negatives`: unlikelihood candidates on the main thread's outline items (`pasta.train.unlikelihood`): "copies"
     (a good answer: the earlier item a token would copy) or "repeat" (a model's own failure, cut after a repeated
-    item: that item's tokens, and no cross-entropy anywhere in the answer)."""
+    item: that item's tokens, and no cross-entropy anywhere in the answer); with "copies", `empty_item_negatives`
+    also pushes down the separators at each item's first token (an empty item)."""
     if negatives not in (None, "copies", "repeat"):
         raise ValueError(f"negatives must be None, 'copies' or 'repeat', got {negatives!r}")
     eos = tokenizer.eos_token_id if eos_id is None else eos_id
@@ -90,7 +92,8 @@ def layout_example(
     negative_ids = None
     if negatives is not None:
         labelled = [s for s in main_slots if labels[s] != IGNORE]  # not the unlabelled end of a cut answer
-        negative_ids = _negatives(tokenizer, [labels[s] for s in labelled], labelled, n, negatives)
+        negative_ids = _negatives(tokenizer, [labels[s] for s in labelled], labelled, n, negatives,
+                                  empty_item_negatives)
         if negatives == "repeat":
             weights = [0.0] * n
             main_weight = 0.0  # so that the weights below are kept, not dropped as "all 1"
@@ -105,11 +108,15 @@ def layout_example(
     )
 
 
-def _negatives(tokenizer, main_tokens: list[int], main_slots: list[int], n: int, kind: str) -> torch.Tensor:
-    from .unlikelihood import copy_negatives, repeat_negatives, token_pieces
+def _negatives(tokenizer, main_tokens: list[int], main_slots: list[int], n: int, kind: str,
+               empty_items: bool) -> torch.Tensor:
+    from .unlikelihood import copy_negatives, repeat_negatives, separator_tokens, token_pieces
 
     pieces = token_pieces(tokenizer, main_tokens)
-    found = (copy_negatives if kind == "copies" else repeat_negatives)(main_tokens, pieces)
+    if kind == "copies":
+        found = copy_negatives(main_tokens, pieces, separator_tokens(tokenizer) if empty_items else frozenset())
+    else:
+        found = repeat_negatives(main_tokens, pieces)
     out = torch.full((n, max((len(ids) for ids in found.values()), default=0)), -1, dtype=torch.long)
     for index, ids in found.items():
         out[main_slots[index], : len(ids)] = torch.tensor(ids)

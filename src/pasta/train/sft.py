@@ -66,6 +66,9 @@ class SFTConfig:
     # model's own repeat) adds answers trained on that loss alone.
     unlikelihood: float = 0.0
     repeat_data: list[str] | None = None
+    # ... and at each outline item's first token, the separators (";", "."): an empty item. Off only to rebuild row
+    # r25, which was trained before it (and learned to write `Grill;; Store` where it would have copied).
+    unlikelihood_empty_items: bool = True
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -183,7 +186,8 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
                 continue
             laid = layout_example(tokenizer, prompt_ids, row["annotated"], config.layout,
                                   main_weight=config.main_loss_weight,
-                                  negatives="copies" if config.unlikelihood else None)
+                                  negatives="copies" if config.unlikelihood else None,
+                                  empty_item_negatives=config.unlikelihood_empty_items)
             if len(laid) > config.max_length:
                 stats["too_long"] += 1
                 continue

@@ -9,6 +9,8 @@ leaves the rest of the distribution to cross-entropy:
 - in a training answer's outline, at each token of item j whose tokens so far copy the start of an earlier item i,
   item i's next token is a negative candidate (unless it is the target itself: "The Beatles; The Rolling Stones"
   may share "The", not "Beatles");
+- at the start of each item, the separator tokens (`;`, `.`): an empty item (`Grill;; Store`, `Place;;;;.`) is
+  never right, and without this it is where a model taught not to copy escapes to (row r25);
 - in the model's own failures (the rejected side of an `outline_repeat` correction pair, cut where the guard
   stepped in), every token of the final, repeated item is a negative, with no cross-entropy on that answer.
 
@@ -76,15 +78,38 @@ def _tokens_between(starts: list[int], pieces: list[str], start: int, end: int) 
     return inside
 
 
-def copy_negatives(token_ids: list[int], pieces: list[str]) -> dict[int, list[int]]:
+_SEPARATORS: dict[int, frozenset[int]] = {}
+
+
+def separator_tokens(tokenizer) -> frozenset[int]:
+    """Ids of the tokens made only of outline separators (`;`, ` ;`, `.`, `.\n\n`, `...`): what an empty item
+    starts with. Found by decoding the vocabulary once per tokenizer."""
+    key = id(tokenizer)
+    if key not in _SEPARATORS:
+        size = len(tokenizer) if hasattr(tokenizer, "__len__") else tokenizer.vocab_size
+        found = set()
+        for token_id in range(size):
+            text = tokenizer.decode([token_id]).strip()
+            if text and set(text) <= {";", "."}:
+                found.add(token_id)
+        _SEPARATORS[key] = frozenset(found)
+    return _SEPARATORS[key]
+
+
+def copy_negatives(token_ids: list[int], pieces: list[str],
+                   separators: frozenset[int] = frozenset()) -> dict[int, list[int]]:
     """Negative candidates for a good answer: {token index: ids}. At a token of item j whose item-so-far equals the
-    start of an earlier item i of the same outline, item i's next token, unless it is the target."""
+    start of an earlier item i of the same outline, item i's next token, unless it is the target; at each item's
+    first token, the `separators` too (an empty item), unless one is the target."""
     negatives: dict[int, set[int]] = {}
     for items in outline_items(pieces):
         spelled = [None if item is None else [token_ids[t] for t in item] for item in items]
         for j, item in enumerate(items):
             if item is None:
                 continue
+            empty = separators - {token_ids[item[0]]}
+            if empty:
+                negatives.setdefault(item[0], set()).update(empty)
             for k, t in enumerate(item):
                 for earlier in spelled[:j]:
                     if earlier is not None and len(earlier) > k and earlier[:k] == spelled[j][:k] \
