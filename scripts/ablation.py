@@ -139,7 +139,7 @@ DECODING: dict[str, tuple[str, str, list[str]]] = {
 # decoding arguments: as its starting point was when its data was generated). The data
 # is the starting model's own greedy answers to ShareGPT instructions with its guards on, filtered
 # (scripts/onpolicy_distill.py, pasta.data.onpolicy).
-R25_DATA = "results/training/r25-unlikelihood"  # committed: the round that became the default model
+R25_DATA = "results/candidates/r25-unlikelihood/data"  # committed: the data of rows r25 and r26
 OUTLINED = ["--outline-topics"]  # decoded with outline topics and their guards, as r16 and r17 record
 ONPOLICY: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
     "r17-onpolicy": ("one round of on-policy self-distillation on the shipped r16: its own answers to 640 ShareGPT "
