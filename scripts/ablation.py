@@ -312,9 +312,21 @@ def _f(x, digits=2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _guards(p: dict) -> str:
+    """The share of forking answers a guard touched, with its 95% Wilson interval: on ~20 forks a couple of answers
+    either way is chance, and the interval says how much."""
+    from pasta.eval.stats import wilson_interval
+
+    if p["guards_fired"] is None or not p["n"]:
+        return "-"
+    k = round(p["guards_fired"] * p["n"])
+    lo, hi = wilson_interval(k, p["n"])
+    return f"{p['guards_fired']:.2f} ({k}/{p['n']}; {lo:.2f}-{hi:.2f})"
+
+
 def table() -> str:
     lines = ["| run | what changes | complete | uses promise | promises / answer | reaches sync | repeated topics "
-             "| duplicate chunks | guards fired | theoretical speedup (complete / complete promise-using) | repetition |",
+             "| duplicate chunks | guards fired (forks; 95% interval) | theoretical speedup (complete / complete promise-using) | repetition |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [(name, what) for name, (what, _, _) in RUNS.items()] + [(name, what) for name, (what, _, _) in STAGE2.items()]
     rows += [(name, what) for name, (what, _, _) in DECODING.items()]
@@ -328,7 +340,7 @@ def table() -> str:
         lines.append(
             f"| {name} | {what} | {_f(s['complete'])} | {_f(s['uses_promise'])} | {_f(p['mean_promises'], 1)} | "
             f"{_f(p['reaches_sync'])} | {_f(p['repeated_topics_share'])} | {_f(p['duplicate_chunks_share'])} | "
-            f"{_f(p['guards_fired'])} | {_f(s['speedup']['theoretical_geomean_complete'])} / "
+            f"{_guards(p)} | {_f(s['speedup']['theoretical_geomean_complete'])} / "
             f"{_f(s['speedup']['theoretical_geomean_complete_promise'])} | "
             f"{_f(s['repetition']['pasta_mean'], 3)} |")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from tiny import ByteTokenizer, tiny_model
 from pasta.decoding import DecodeLimits
 from pasta.eval.answer_stats import aggregate, answer_stats, near_duplicate, repetition_rate
 from pasta.interpreter import Interpreter
+from pasta.eval.stats import wilson_interval
 
 TOK = ByteTokenizer()
 
@@ -127,6 +128,7 @@ def test_aggregate_counts_only_complete_answers_as_speedups():
     assert p["n"] == 5 and p["reaches_sync"] == pytest.approx(4 / 5)
     assert p["repeated_topics_share"] == pytest.approx(2 / 13)  # the refused promise counts as written
     assert p["guards_fired"] == pytest.approx(1 / 5)
+    assert p["guards_fired_ci95"] == pytest.approx(list(wilson_interval(1, 5)), abs=1e-4)
     assert out["truncated"] == {"n": 1, "ids": ["p3"]}
     assert out["well_formed"] == pytest.approx(5 / 6)
 

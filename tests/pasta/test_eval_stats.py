@@ -96,3 +96,26 @@ def test_lc_input_checks():
         length_controlled_win_rate([0.5, 0.5], [1.0])
     with pytest.raises(ValueError):
         length_controlled_win_rate([], [])
+
+
+def test_wilson_interval_known_values_and_coverage():
+    from pasta.eval.stats import wilson_interval
+
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)  # z^2 / (n + z^2)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    lo, hi = wilson_interval(4, 23)
+    assert lo < 4 / 23 < hi and (1 - hi, 1 - lo) == pytest.approx(wilson_interval(19, 23))  # symmetric
+    assert wilson_interval(4, 23, level=0.5)[1] < hi  # a lower level, a narrower interval
+    # coverage: for a true share of 0.2 and n = 25, about 95% of binomial draws give an interval that holds it
+    import random
+
+    rng = random.Random(0)
+    hits = 0
+    for _ in range(2000):
+        k = sum(rng.random() < 0.2 for _ in range(25))
+        low, high = wilson_interval(k, 25)
+        hits += low <= 0.2 <= high
+    assert 0.92 <= hits / 2000 <= 0.98
+    for bad in ((3, 2), (-1, 5), (0, 0)):
+        with pytest.raises(ValueError, match="wilson_interval"):
+            wilson_interval(*bad)

@@ -134,6 +134,12 @@ def answer_stats(result, tokenizer) -> AnswerStats:
 
 
 
+def _wilson(successes: int, n: int) -> list[float] | None:
+    from .stats import wilson_interval
+
+    return None if n == 0 else [round(x, 4) for x in wilson_interval(successes, n)]
+
+
 def _share(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
@@ -190,6 +196,8 @@ def aggregate(rows: list[dict]) -> dict:
             "repeated_topics_share": _share(sum(r["pasta"]["repeated_topics"] for r in promised), promises),
             "duplicate_chunks_share": _share(sum(r["pasta"]["duplicate_chunks"] for r in promised), promises),
             "guards_fired": _share(sum(bool(r["pasta"]["guards"]) for r in promised), len(promised)),
+            # how far that share can move by chance on this many forking answers (Wilson, 95%)
+            "guards_fired_ci95": _wilson(sum(bool(r["pasta"]["guards"]) for r in promised), len(promised)),
             "mean_promises": _mean([r["pasta"]["promises"] for r in promised]),
             "mean_distinct_topics": _mean([r["pasta"]["distinct_topics"] for r in promised]),
         },

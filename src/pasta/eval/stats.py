@@ -64,6 +64,20 @@ def bootstrap_geomean_ci(values: Sequence[float], *, level: float = 0.95, resamp
     return float(np.exp(lo)), float(np.exp(hi))
 
 
+def wilson_interval(successes: int, n: int, *, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion: how far a share of n answers (guards on 4 of 23 forks) can move by
+    chance. Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 of n."""
+    if not 0 <= successes <= n or n < 1:
+        raise ValueError(f"wilson_interval: need 0 <= successes <= n and n >= 1, got {successes} of {n}")
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def win_rate(preferences: Sequence[float]) -> tuple[float, float]:
     """(win rate %, standard error %): the mean preference and std(ddof=1)/sqrt(n); SE is 0 for one prompt."""
     p = np.asarray(list(preferences), dtype=float)
