@@ -179,6 +179,7 @@ def aggregate(rows: list[dict]) -> dict:
     done_promised = [r for r in done if r["pasta"]["promises"] > 0]
     # Every promise the model wrote, refused ones included (older rows have no refused_promises: 0).
     promises = sum(r["pasta"]["promises"] + r["pasta"].get("refused_promises", 0) for r in promised)
+    guarded = sum(bool(r["pasta"]["guards"]) for r in promised)
     out: dict = {
         "prompts": n,
         "complete": _share(sum(bool(r["pasta"]["complete"]) for r in rows), n),
@@ -195,9 +196,9 @@ def aggregate(rows: list[dict]) -> dict:
             "reaches_sync": _share(sum(bool(r["pasta"]["reaches_sync"]) for r in promised), len(promised)),
             "repeated_topics_share": _share(sum(r["pasta"]["repeated_topics"] for r in promised), promises),
             "duplicate_chunks_share": _share(sum(r["pasta"]["duplicate_chunks"] for r in promised), promises),
-            "guards_fired": _share(sum(bool(r["pasta"]["guards"]) for r in promised), len(promised)),
+            "guards_fired": _share(guarded, len(promised)),
             # how far that share can move by chance on this many forking answers (Wilson, 95%)
-            "guards_fired_ci95": _wilson(sum(bool(r["pasta"]["guards"]) for r in promised), len(promised)),
+            "guards_fired_ci95": _wilson(guarded, len(promised)),
             "mean_promises": _mean([r["pasta"]["promises"] for r in promised]),
             "mean_distinct_topics": _mean([r["pasta"]["distinct_topics"] for r in promised]),
         },

@@ -95,15 +95,14 @@ def layout_example(
         negative_ids = _negatives(tokenizer, [labels[s] for s in labelled], labelled, n, negatives,
                                   empty_item_negatives)
         if negatives == "repeat":
-            weights = [0.0] * n
-            main_weight = 0.0  # so that the weights below are kept, not dropped as "all 1"
+            weights = [0.0] * n  # unlikelihood alone: no label of the model's own failure is a target
     return LaidOut(
         input_ids=torch.tensor(token_ids, dtype=torch.long),
         position_ids=torch.tensor(decoding.layout.positions, dtype=torch.long),
         attention_mask=decoding.layout.full_mask()[:n, :n],
         labels=torch.tensor(labels, dtype=torch.long),
         prompt_length=len(prompt_ids),
-        weights=None if main_weight == 1.0 else torch.tensor(weights, dtype=torch.float),
+        weights=None if main_weight == 1.0 and negatives != "repeat" else torch.tensor(weights, dtype=torch.float),
         negatives=negative_ids,
     )
 

@@ -116,25 +116,31 @@ def init_adapter_folder(name: str) -> Path:
     return Path(name)
 
 
-def read_rows(paths: list[str]) -> list[dict]:
-    """Rows with a prompt and an annotated response; bad rows are reported (file:line) and skipped."""
-    rows = []
+def _json_objects(paths: list[str]):
+    """(path, line, object) for each JSON object line of the files; a line that is not one is reported (file:line)
+    and skipped."""
     for path in paths:
         for line_no, row in jsonl_lines(path):
             if isinstance(row, json.JSONDecodeError):
                 log.warning("%s:%d: not JSON (%s); skipped", path, line_no, row)
-                continue
-            if not isinstance(row, dict):
+            elif not isinstance(row, dict):
                 log.warning("%s:%d: not a JSON object; skipped", path, line_no)
-                continue
-            prompt, annotated = row.get("prompt"), row.get("annotated", row.get("response"))
-            if not isinstance(prompt, str) or not isinstance(annotated, str) or not prompt or not annotated:
-                log.warning("%s:%d: needs non-empty string fields prompt and annotated; skipped", path, line_no)
-                continue
-            if not is_valid(annotated):
-                log.warning("%s:%d: annotated response is not valid Pasta-Lang; skipped", path, line_no)
-                continue
-            rows.append({"prompt": prompt, "annotated": annotated, "id": row.get("id", f"{path}:{line_no}")})
+            else:
+                yield path, line_no, row
+
+
+def read_rows(paths: list[str]) -> list[dict]:
+    """Rows with a prompt and an annotated response; bad rows are reported (file:line) and skipped."""
+    rows = []
+    for path, line_no, row in _json_objects(paths):
+        prompt, annotated = row.get("prompt"), row.get("annotated", row.get("response"))
+        if not isinstance(prompt, str) or not isinstance(annotated, str) or not prompt or not annotated:
+            log.warning("%s:%d: needs non-empty string fields prompt and annotated; skipped", path, line_no)
+            continue
+        if not is_valid(annotated):
+            log.warning("%s:%d: annotated response is not valid Pasta-Lang; skipped", path, line_no)
+            continue
+        rows.append({"prompt": prompt, "annotated": annotated, "id": row.get("id", f"{path}:{line_no}")})
     return rows
 
 
@@ -142,18 +148,14 @@ def read_repeat_rows(paths: list[str]) -> list[dict]:
     """The model's own repeated outlines: the rejected side of outline_repeat correction pairs (rows without a kind
     count too). Bad rows are reported (file:line) and skipped."""
     rows = []
-    for path in paths:
-        for line_no, row in jsonl_lines(path):
-            if not isinstance(row, dict):
-                log.warning("%s:%d: not a JSON object; skipped", path, line_no)
-                continue
-            if row.get("kind", "outline_repeat") != "outline_repeat":
-                continue
-            prompt, rejected = row.get("prompt"), row.get("rejected")
-            if not isinstance(prompt, str) or not isinstance(rejected, str) or not prompt or not rejected:
-                log.warning("%s:%d: needs non-empty string fields prompt and rejected; skipped", path, line_no)
-                continue
-            rows.append({"prompt": prompt, "annotated": rejected, "id": row.get("id", f"{path}:{line_no}")})
+    for path, line_no, row in _json_objects(paths):
+        if row.get("kind", "outline_repeat") != "outline_repeat":
+            continue
+        prompt, rejected = row.get("prompt"), row.get("rejected")
+        if not isinstance(prompt, str) or not isinstance(rejected, str) or not prompt or not rejected:
+            log.warning("%s:%d: needs non-empty string fields prompt and rejected; skipped", path, line_no)
+            continue
+        rows.append({"prompt": prompt, "annotated": rejected, "id": row.get("id", f"{path}:{line_no}")})
     return rows
 
 

@@ -19,6 +19,7 @@ Negatives are token ids per label slot of the main thread (`pasta.train.collator
 
 from __future__ import annotations
 
+import functools
 import re
 
 import torch
@@ -78,22 +79,17 @@ def _tokens_between(starts: list[int], pieces: list[str], start: int, end: int) 
     return inside
 
 
-_SEPARATORS: dict[int, frozenset[int]] = {}
-
-
+@functools.lru_cache(maxsize=8)
 def separator_tokens(tokenizer) -> frozenset[int]:
-    """Ids of the tokens made only of outline separators (`;`, ` ;`, `.`, `.\n\n`, `...`): what an empty item
-    starts with. Found by decoding the vocabulary once per tokenizer."""
-    key = id(tokenizer)
-    if key not in _SEPARATORS:
-        size = len(tokenizer) if hasattr(tokenizer, "__len__") else tokenizer.vocab_size
-        found = set()
-        for token_id in range(size):
-            text = tokenizer.decode([token_id]).strip()
-            if text and set(text) <= {";", "."}:
-                found.add(token_id)
-        _SEPARATORS[key] = frozenset(found)
-    return _SEPARATORS[key]
+    """Ids of the tokens made only of outline separators (`;`, ` ;`, `.`, `...`): what an empty item starts with.
+    Found by decoding the vocabulary once per tokenizer (cached; it holds the tokenizer, so an id is never reused)."""
+    size = len(tokenizer) if hasattr(tokenizer, "__len__") else tokenizer.vocab_size
+    found = set()
+    for token_id in range(size):
+        text = tokenizer.decode([token_id]).strip()
+        if text and set(text) <= {";", "."}:
+            found.add(token_id)
+    return frozenset(found)
 
 
 def copy_negatives(token_ids: list[int], pieces: list[str],
