@@ -187,6 +187,18 @@ ONPOLICY: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
                                 "--unlikelihood", "1.0", "--repeat-data",
                                 "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl"],
                                [*OUTLINED, "--presence-penalty", "0.5"]),
+    "r27-token-corrections": ("r26 plus token-level corrections from all 373 of r17's correction pairs "
+                              "(--correction-data, weight 10): at the one token where the corrected answer parts from "
+                              "r17's own, cross-entropy on the correction ('.' ending the outline, '<sync/>' ending "
+                              "the list, the plain list instead of a one-item 'Overview') and unlikelihood on r17's "
+                              "token (';', '4.', 'Overview')", "shipped-r17",
+                              [f"{R25_DATA}/sft-onpolicy-r17p.jsonl",
+                               "results/candidates/r20-onpolicy-best-of-4/data/sft-sampled-r17.jsonl"],
+                              ["--epochs", "2", "--lr", "1e-4", "--annotated-fraction", "data", "--max-length", "640",
+                               "--unlikelihood", "1.0", "--repeat-data",
+                               "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl", "--correction-data",
+                               "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl"],
+                              [*OUTLINED, "--presence-penalty", "0.5"]),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 

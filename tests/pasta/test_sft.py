@@ -182,8 +182,19 @@ def test_unlikelihood_run_lays_out_repeats_and_records_them(setup, tmp_path):
         {"prompt": "p", "kind": "outline_repeat", "rejected": "Tips:\nOverview: ab; cd; ab;"},
         {"prompt": "p", "kind": "outline_repeat", "rejected": "Tips:\nOverview: ab; cd;"},  # not a repeat: dropped
     ]))
-    out = train_sft(_config(root, model_dir, data, "ul", max_steps=2, unlikelihood=1.0, repeat_data=[str(pairs)]))
+    corrections = tmp_path / "corrections.jsonl"
+    corrections.write_text("".join(json.dumps(row) + "\n" for row in [
+        {"prompt": "p", "kind": "outline_repeat", "chosen": outlined[0]["annotated"],
+         "rejected": "Tips:\nOverview: ab; ac; ab;"},
+        {"prompt": "p", "kind": "outline_repeat", "chosen": outlined[0]["annotated"],
+         "rejected": "Tips:\nOverview: ab"},  # a prefix of the chosen side: nothing to correct, dropped
+    ]))
+    out = train_sft(_config(root, model_dir, data, "ul", max_steps=2, unlikelihood=1.0, repeat_data=[str(pairs)],
+                            correction_data=[str(corrections)]))
     stats = json.loads((out / "data_stats.json").read_text())
+    assert stats["correction_examples"] == 1
+    stats["examples"] -= 1
+    stats["unlikelihood_slots"] -= 1
     # Each outline has one copy slot (" ac" after " a": "b" would copy item 1) and the repeat its three tokens.
     # (The tiny model's tokenizer spells by bytes or byte pairs: count from the laid-out examples, not by hand.)
     assert stats["repeat_examples"] == 1 and stats["examples"] == 7
@@ -203,7 +214,9 @@ def test_cli_passes_unlikelihood_options(monkeypatch, tmp_path):
     parser = argparse.ArgumentParser()
     cli.add_train_parser(parser.add_subparsers())
     args = parser.parse_args(["train", "sft", "--data", str(data), "--out", str(tmp_path / "o"),
-                              "--unlikelihood", "0.5", "--repeat-data", str(data), "--no-unlikelihood-empty-items"])
+                              "--unlikelihood", "0.5", "--repeat-data", str(data), "--no-unlikelihood-empty-items",
+                              "--correction-data", str(data), "--correction-weight", "4"])
     assert args.func(args) == 0
     assert seen["config"].unlikelihood == 0.5 and seen["config"].repeat_data == [str(data)]
     assert seen["config"].unlikelihood_empty_items is False
+    assert seen["config"].correction_data == [str(data)] and seen["config"].correction_weight == 4.0

@@ -41,6 +41,11 @@ def add_train_parser(subparsers) -> None:
                         "are trained with the unlikelihood loss alone; needs --unlikelihood")
     p.add_argument("--no-unlikelihood-empty-items", dest="unlikelihood_empty_items", action="store_false",
                    help="with --unlikelihood, do not push down separators at an outline item's start (row r25)")
+    p.add_argument("--correction-data", nargs="+", default=None,
+                   help="correction-pair JSONL files (any kind): where each pair's sides part, cross-entropy on the "
+                        "chosen token and unlikelihood on the rejected one; needs --unlikelihood")
+    p.add_argument("--correction-weight", type=float, default=10.0,
+                   help="cross-entropy weight of a correction's chosen token (an answer's tokens weigh 1)")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--save-steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -76,7 +81,8 @@ def run_sft(args: argparse.Namespace) -> int:
         max_examples=args.max_examples, annotated_fraction=args.annotated_fraction,
         reserve_factor=args.reserve_factor, fixed_reserve=args.fixed_reserve, main_loss_weight=args.main_loss_weight, bf16=args.bf16, save_steps=args.save_steps, seed=args.seed,
         resume=args.resume, torch_threads=args.threads, unlikelihood=args.unlikelihood, repeat_data=args.repeat_data,
-        unlikelihood_empty_items=args.unlikelihood_empty_items,
+        unlikelihood_empty_items=args.unlikelihood_empty_items, correction_data=args.correction_data,
+        correction_weight=args.correction_weight,
     )
     out = train_sft(config)
     print(json.dumps({"output": str(out)}), file=sys.stdout)

@@ -48,6 +48,7 @@ def layout_example(
     end_with_eos: bool = True,
     negatives: str | None = None,
     empty_item_negatives: bool = True,
+    correction: tuple[int, int, float] | None = None,
 ) -> LaidOut:
     """`main_weight`: loss weight of the main thread's labels (topics, list markers, the sync decision, the text
     around the chunks) relative to the chunks' (1). The main thread's tokens are few, but they carry the structure.
@@ -56,9 +57,14 @@ def layout_example(
     `negatives`: unlikelihood candidates on the main thread's outline items (`pasta.train.unlikelihood`): "copies"
     (a good answer: the earlier item a token would copy) or "repeat" (a model's own failure, cut after a repeated
     item: that item's tokens, and no cross-entropy anywhere in the answer); with "copies", `empty_item_negatives`
-    also pushes down the separators at each item's first token (an empty item)."""
+    also pushes down the separators at each item's first token (an empty item).
+    `correction=(index, rejected_id, weight)`: a token-level correction (the chosen side of a correction pair, where
+    it parts from the model's own rejected side at the main thread's token `index`): the answer is laid out only up
+    to that token, which is its one label (cross-entropy with `weight`) and has `rejected_id` as its one negative."""
     if negatives not in (None, "copies", "repeat"):
         raise ValueError(f"negatives must be None, 'copies' or 'repeat', got {negatives!r}")
+    if correction is not None and negatives is not None:
+        raise ValueError("a correction carries its own negative; give negatives=None")
     eos = tokenizer.eos_token_id if eos_id is None else eos_id
     program = forced_program(tokenizer, annotated, eos_id=eos)
     decoding = Decoding(
@@ -70,7 +76,7 @@ def layout_example(
     weights: list[float] = []
     last_main = None  # slot of the main thread's last label (its EOS)
     main_slots: list[int] = []  # the main thread's label slots in order
-    while not decoding.done:
+    while not decoding.done and not (correction is not None and len(main_slots) > correction[0]):
         inputs = decoding.next_inputs()
         token_ids.extend(inputs.token_ids)
         labels.extend([IGNORE] * len(inputs.token_ids))
@@ -87,9 +93,11 @@ def layout_example(
         labels[last_main] = IGNORE
         weights[last_main] = 0.0
     n = len(token_ids)
+    negative_ids = None
+    if correction is not None:
+        weights, negative_ids = _correction(correction, labels, main_slots, n)
     if train_on_prompt:
         labels[: len(prompt_ids) - 1] = token_ids[1 : len(prompt_ids)]
-    negative_ids = None
     if negatives is not None:
         labelled = [s for s in main_slots if labels[s] != IGNORE]  # not the unlabelled end of a cut answer
         negative_ids = _negatives(tokenizer, [labels[s] for s in labelled], labelled, n, negatives,
@@ -98,13 +106,29 @@ def layout_example(
             weights = [0.0] * n  # unlikelihood alone: no label of the model's own failure is a target
     return LaidOut(
         input_ids=torch.tensor(token_ids, dtype=torch.long),
-        position_ids=torch.tensor(decoding.layout.positions, dtype=torch.long),
+        position_ids=torch.tensor(decoding.layout.positions[:n], dtype=torch.long),
         attention_mask=decoding.layout.full_mask()[:n, :n],
         labels=torch.tensor(labels, dtype=torch.long),
         prompt_length=len(prompt_ids),
-        weights=None if main_weight == 1.0 and negatives != "repeat" else torch.tensor(weights, dtype=torch.float),
+        weights=None if main_weight == 1.0 and negatives != "repeat" and correction is None
+        else torch.tensor(weights, dtype=torch.float),
         negatives=negative_ids,
     )
+
+
+def _correction(correction: tuple[int, int, float], labels: list[int], main_slots: list[int],
+                n: int) -> tuple[list[float], torch.Tensor]:
+    index, rejected_id, weight = correction
+    if index >= len(main_slots):
+        raise ValueError(f"correction at main token {index}: the answer's main thread has {len(main_slots)} tokens")
+    slot = main_slots[index]
+    if labels[slot] == rejected_id:
+        raise ValueError(f"correction at main token {index}: the chosen token is the rejected one ({rejected_id})")
+    weights = [0.0] * n
+    weights[slot] = weight
+    negative_ids = torch.full((n, 1), -1, dtype=torch.long)
+    negative_ids[slot, 0] = rejected_id
+    return weights, negative_ids
 
 
 def _negatives(tokenizer, main_tokens: list[int], main_slots: list[int], n: int, kind: str,

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..chat import prompt_ids
+from ..forcing import forced_program
 from ..jsonl import jsonl_lines
 from ..lang import is_outlined, is_valid, to_structure
 from ..layout import LayoutConfig
@@ -69,12 +70,19 @@ class SFTConfig:
     # ... and at each outline item's first token, the separators (";", "."): an empty item. Off only to rebuild row
     # r25, which was trained before it (and learned to write `Grill;; Store` where it would have copied).
     unlikelihood_empty_items: bool = True
+    # Token-level corrections (`correction_data`: correction pairs, any kind): where a pair's chosen side parts from
+    # the model's own rejected one (';' where '.' ends the outline, '4.' where '<sync/>' ends the list, 'Overview'
+    # where the plain list goes on), cross-entropy on the chosen token with `correction_weight` and unlikelihood on
+    # the rejected one; nothing else of the pair is trained. The decision itself, not the whole answer (rows r21-r23
+    # moved whole answers and left the decision where it was).
+    correction_data: list[str] | None = None
+    correction_weight: float = 10.0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.data:
             raise ValueError("give at least one data file")
-        for path in [*self.data, *(self.plain_data or []), *(self.repeat_data or [])]:
+        for path in [*self.data, *(self.plain_data or []), *(self.repeat_data or []), *(self.correction_data or [])]:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"training data {path} not found")
         if self.init_adapter is not None:
@@ -97,6 +105,11 @@ class SFTConfig:
             raise ValueError(f"unlikelihood must be >= 0, got {self.unlikelihood}")
         if self.repeat_data and not self.unlikelihood:
             raise ValueError("repeat_data is trained with the unlikelihood loss alone: give unlikelihood > 0")
+        if self.correction_data and not self.unlikelihood:
+            raise ValueError("correction_data pushes down the rejected token with the unlikelihood loss: give "
+                             "unlikelihood > 0")
+        if not (self.correction_weight > 0):
+            raise ValueError(f"correction_weight must be > 0, got {self.correction_weight}")
 
     @property
     def layout(self) -> LayoutConfig:
@@ -159,6 +172,21 @@ def read_repeat_rows(paths: list[str]) -> list[dict]:
     return rows
 
 
+def read_correction_rows(paths: list[str]) -> list[dict]:
+    """Correction pairs (`scripts/correction_pairs.py`) of any kind, for token-level corrections. Bad rows are
+    reported (file:line) and skipped."""
+    rows = []
+    for path, line_no, row in _json_objects(paths):
+        fields = [row.get(name) for name in ("prompt", "chosen", "rejected")]
+        if not all(isinstance(value, str) and value for value in fields):
+            log.warning("%s:%d: needs non-empty string fields prompt, chosen and rejected; skipped", path, line_no)
+            continue
+        prompt, chosen, rejected = fields
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "kind": row.get("kind"),
+                     "id": row.get("id", f"{path}:{line_no}")})
+    return rows
+
+
 def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
     """The prompt ids SFT trains on: `pasta.chat`, the same path serving uses."""
     return prompt_ids(tokenizer, prompt)
@@ -166,9 +194,11 @@ def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
 
 def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
                    plain_rows: list[dict] | None = None,
-                   repeat_rows: list[dict] | None = None) -> tuple[list[LaidOut], dict]:
+                   repeat_rows: list[dict] | None = None,
+                   correction_rows: list[dict] | None = None) -> tuple[list[LaidOut], dict]:
     """Lay out rows, keeping those that fit, mixing annotated and plain answers as configured (plain answers from
-    `plain_rows` when given, else from `rows`), plus the unlikelihood-only `repeat_rows` that end in a repeat."""
+    `plain_rows` when given, else from `rows`), plus the unlikelihood-only `repeat_rows` that end in a repeat and
+    the token-level corrections of `correction_rows`."""
     rng = random.Random(config.seed)
     with_chunks = [r for r in rows if to_structure(r["annotated"]).chunks]
     plain = [r for r in (rows if plain_rows is None else plain_rows) if not to_structure(r["annotated"]).chunks]
@@ -210,6 +240,10 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
         repeats = [e for e in (_lay_repeat(config, tokenizer, row) for row in repeat_rows) if e is not None]
         stats["repeat_examples"] = len(repeats)
         examples += repeats
+    if correction_rows:
+        corrections = [e for e in (_lay_correction(config, tokenizer, row) for row in correction_rows) if e is not None]
+        stats["correction_examples"] = len(corrections)
+        examples += corrections
     if config.unlikelihood:
         stats["unlikelihood_slots"] = sum(int((e.negatives >= 0).any(-1).sum()) for e in examples
                                           if e.negatives is not None)
@@ -230,6 +264,29 @@ def _lay_repeat(config: SFTConfig, tokenizer, row: dict) -> LaidOut | None:
     if len(laid) > config.max_length or not bool((laid.negatives >= 0).any()):
         return None
     return laid
+
+
+def correction_point(tokenizer, chosen: str, rejected: str) -> tuple[int, int] | None:
+    """(index, rejected token) of the first main-thread token where a pair's chosen and rejected answers part; None
+    when the rejected side is a prefix of the chosen one (nothing to correct)."""
+    chosen_ids = forced_program(tokenizer, chosen).main
+    rejected_ids = forced_program(tokenizer, rejected).main
+    for index, (a, b) in enumerate(zip(chosen_ids, rejected_ids)):
+        if a != b:
+            return index, b
+    return None
+
+
+def _lay_correction(config: SFTConfig, tokenizer, row: dict) -> LaidOut | None:
+    """The chosen side up to the token where it parts from the rejected one, that token its one label; None when
+    the sides do not part or it does not fit."""
+    prompt_ids = chat_prompt_ids(tokenizer, row["prompt"])
+    point = correction_point(tokenizer, row["chosen"], row["rejected"])
+    if point is None or len(prompt_ids) > config.max_prompt_tokens:
+        return None
+    laid = layout_example(tokenizer, prompt_ids, row["chosen"], config.layout,
+                          correction=(*point, config.correction_weight))
+    return None if len(laid) > config.max_length else laid
 
 
 def decoding_conventions(data_stats: dict) -> dict:
@@ -300,7 +357,8 @@ def train_sft(config: SFTConfig, callbacks: list | None = None) -> Path:
     rows = read_rows(config.data)
     plain_rows = read_rows(config.plain_data) if config.plain_data else None
     repeat_rows = read_repeat_rows(config.repeat_data) if config.repeat_data else None
-    examples, data_stats = build_examples(config, tokenizer, rows, plain_rows, repeat_rows)
+    correction_rows = read_correction_rows(config.correction_data) if config.correction_data else None
+    examples, data_stats = build_examples(config, tokenizer, rows, plain_rows, repeat_rows, correction_rows)
     if not examples:
         raise ValueError(f"no usable training example in {config.data} (all too long or invalid)")
     log.info("training data: %s", data_stats)
