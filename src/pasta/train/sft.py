@@ -212,15 +212,11 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
         for row in pool:
             if len(out) >= want:
                 break
-            prompt_ids = chat_prompt_ids(tokenizer, row["prompt"])
-            if len(prompt_ids) > config.max_prompt_tokens:
-                stats["too_long"] += 1
-                continue
-            laid = layout_example(tokenizer, prompt_ids, row["annotated"], config.layout,
-                                  main_weight=config.main_loss_weight,
-                                  negatives="copies" if config.unlikelihood else None,
-                                  empty_item_negatives=config.unlikelihood_empty_items)
-            if len(laid) > config.max_length:
+            laid = _lay_fitting(config, tokenizer, row["prompt"], row["annotated"],
+                                main_weight=config.main_loss_weight,
+                                negatives="copies" if config.unlikelihood else None,
+                                empty_item_negatives=config.unlikelihood_empty_items)
+            if laid is None:
                 stats["too_long"] += 1
                 continue
             out.append(laid)
@@ -254,16 +250,19 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
     return examples, stats
 
 
-def _lay_repeat(config: SFTConfig, tokenizer, row: dict) -> LaidOut | None:
-    """A cut answer ending in a repeated outline item, or None when it does not end in one or does not fit."""
-    prompt_ids = chat_prompt_ids(tokenizer, row["prompt"])
+def _lay_fitting(config: SFTConfig, tokenizer, prompt: str, answer: str, **options) -> LaidOut | None:
+    """`layout_example` of one answer with `options`, or None when its prompt or the laid-out example is too long."""
+    prompt_ids = chat_prompt_ids(tokenizer, prompt)
     if len(prompt_ids) > config.max_prompt_tokens:
         return None
-    laid = layout_example(tokenizer, prompt_ids, row["annotated"], config.layout, end_with_eos=False,
-                          negatives="repeat")
-    if len(laid) > config.max_length or not bool((laid.negatives >= 0).any()):
-        return None
-    return laid
+    laid = layout_example(tokenizer, prompt_ids, answer, config.layout, **options)
+    return None if len(laid) > config.max_length else laid
+
+
+def _lay_repeat(config: SFTConfig, tokenizer, row: dict) -> LaidOut | None:
+    """A cut answer ending in a repeated outline item, or None when it does not end in one or does not fit."""
+    laid = _lay_fitting(config, tokenizer, row["prompt"], row["annotated"], end_with_eos=False, negatives="repeat")
+    return laid if laid is not None and bool((laid.negatives >= 0).any()) else None
 
 
 def correction_point(tokenizer, chosen: str, rejected: str) -> tuple[int, int] | None:
@@ -280,13 +279,10 @@ def correction_point(tokenizer, chosen: str, rejected: str) -> tuple[int, int] |
 def _lay_correction(config: SFTConfig, tokenizer, row: dict) -> LaidOut | None:
     """The chosen side up to the token where it parts from the rejected one, that token its one label; None when
     the sides do not part or it does not fit."""
-    prompt_ids = chat_prompt_ids(tokenizer, row["prompt"])
     point = correction_point(tokenizer, row["chosen"], row["rejected"])
-    if point is None or len(prompt_ids) > config.max_prompt_tokens:
+    if point is None:
         return None
-    laid = layout_example(tokenizer, prompt_ids, row["chosen"], config.layout,
-                          correction=(*point, config.correction_weight))
-    return None if len(laid) > config.max_length else laid
+    return _lay_fitting(config, tokenizer, row["prompt"], row["chosen"], correction=(*point, config.correction_weight))
 
 
 def decoding_conventions(data_stats: dict) -> dict:
