@@ -199,6 +199,17 @@ ONPOLICY: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
                                "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl", "--correction-data",
                                "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl"],
                               [*OUTLINED, "--presence-penalty", "0.5"]),
+    "r28-token-corrections-lists": ("r27 with the list decisions alone (--correction-kinds outline_repeat "
+                                    "outline_done: 197 pairs, '.' ending the outline and '<sync/>' ending the list): "
+                                    "r27 learned from the one_item pairs to skip the outline, not the fork", "shipped-r17",
+                              [f"{R25_DATA}/sft-onpolicy-r17p.jsonl",
+                               "results/candidates/r20-onpolicy-best-of-4/data/sft-sampled-r17.jsonl"],
+                              ["--epochs", "2", "--lr", "1e-4", "--annotated-fraction", "data", "--max-length", "640",
+                               "--unlikelihood", "1.0", "--repeat-data",
+                               "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl", "--correction-data",
+                               "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl",
+                               "--correction-kinds", "outline_repeat", "outline_done"],
+                              [*OUTLINED, "--presence-penalty", "0.5"]),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 

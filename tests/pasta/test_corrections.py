@@ -103,6 +103,7 @@ def test_correction_rows_and_config(tmp_path, caplog):
     rows = read_correction_rows([str(pairs)])
     assert [r["kind"] for r in rows] == ["outline_repeat", "outline_done"]
     assert "pairs.jsonl:3" in caplog.text and "pairs.jsonl:4" in caplog.text
+    assert [r["kind"] for r in read_correction_rows([str(pairs)], kinds=["outline_done"])] == ["outline_done"]
     data = tmp_path / "sft.jsonl"
     data.write_text(json.dumps({"prompt": "p", "annotated": CHOSEN}) + "\n")
     with pytest.raises(ValueError, match="unlikelihood"):

@@ -215,8 +215,10 @@ def test_cli_passes_unlikelihood_options(monkeypatch, tmp_path):
     cli.add_train_parser(parser.add_subparsers())
     args = parser.parse_args(["train", "sft", "--data", str(data), "--out", str(tmp_path / "o"),
                               "--unlikelihood", "0.5", "--repeat-data", str(data), "--no-unlikelihood-empty-items",
-                              "--correction-data", str(data), "--correction-weight", "4"])
+                              "--correction-data", str(data), "--correction-weight", "4",
+                              "--correction-kinds", "outline_done"])
     assert args.func(args) == 0
     assert seen["config"].unlikelihood == 0.5 and seen["config"].repeat_data == [str(data)]
     assert seen["config"].unlikelihood_empty_items is False
     assert seen["config"].correction_data == [str(data)] and seen["config"].correction_weight == 4.0
+    assert seen["config"].correction_kinds == ["outline_done"]

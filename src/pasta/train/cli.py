@@ -44,6 +44,8 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--correction-data", nargs="+", default=None,
                    help="correction-pair JSONL files (any kind): where each pair's sides part, cross-entropy on the "
                         "chosen token and unlikelihood on the rejected one; needs --unlikelihood")
+    p.add_argument("--correction-kinds", nargs="+", default=None,
+                   help="only correction pairs of these kinds (outline_repeat, outline_done, one_item; default: all)")
     p.add_argument("--correction-weight", type=float, default=10.0,
                    help="cross-entropy weight of a correction's chosen token (an answer's tokens weigh 1)")
     p.add_argument("--bf16", action="store_true")
@@ -82,7 +84,7 @@ def run_sft(args: argparse.Namespace) -> int:
         reserve_factor=args.reserve_factor, fixed_reserve=args.fixed_reserve, main_loss_weight=args.main_loss_weight, bf16=args.bf16, save_steps=args.save_steps, seed=args.seed,
         resume=args.resume, torch_threads=args.threads, unlikelihood=args.unlikelihood, repeat_data=args.repeat_data,
         unlikelihood_empty_items=args.unlikelihood_empty_items, correction_data=args.correction_data,
-        correction_weight=args.correction_weight,
+        correction_weight=args.correction_weight, correction_kinds=args.correction_kinds,
     )
     out = train_sft(config)
     print(json.dumps({"output": str(out)}), file=sys.stdout)

@@ -77,6 +77,7 @@ class SFTConfig:
     # moved whole answers and left the decision where it was).
     correction_data: list[str] | None = None
     correction_weight: float = 10.0
+    correction_kinds: list[str] | None = None  # only pairs of these kinds (None: all)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -172,11 +173,13 @@ def read_repeat_rows(paths: list[str]) -> list[dict]:
     return rows
 
 
-def read_correction_rows(paths: list[str]) -> list[dict]:
-    """Correction pairs (`scripts/correction_pairs.py`) of any kind, for token-level corrections. Bad rows are
-    reported (file:line) and skipped."""
+def read_correction_rows(paths: list[str], kinds: list[str] | None = None) -> list[dict]:
+    """Correction pairs (`scripts/correction_pairs.py`) of the given kinds (None: any), for token-level corrections.
+    Bad rows are reported (file:line) and skipped."""
     rows = []
     for path, line_no, row in _json_objects(paths):
+        if kinds is not None and row.get("kind") not in kinds:
+            continue
         fields = [row.get(name) for name in ("prompt", "chosen", "rejected")]
         if not all(isinstance(value, str) and value for value in fields):
             log.warning("%s:%d: needs non-empty string fields prompt, chosen and rejected; skipped", path, line_no)
@@ -353,7 +356,8 @@ def train_sft(config: SFTConfig, callbacks: list | None = None) -> Path:
     rows = read_rows(config.data)
     plain_rows = read_rows(config.plain_data) if config.plain_data else None
     repeat_rows = read_repeat_rows(config.repeat_data) if config.repeat_data else None
-    correction_rows = read_correction_rows(config.correction_data) if config.correction_data else None
+    correction_rows = (read_correction_rows(config.correction_data, config.correction_kinds)
+                       if config.correction_data else None)
     examples, data_stats = build_examples(config, tokenizer, rows, plain_rows, repeat_rows, correction_rows)
     if not examples:
         raise ValueError(f"no usable training example in {config.data} (all too long or invalid)")
