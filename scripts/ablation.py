@@ -210,6 +210,16 @@ ONPOLICY: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
                                "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl",
                                "--correction-kinds", "outline_repeat", "outline_done"],
                               [*OUTLINED, "--presence-penalty", "0.5"]),
+    "r29-token-corrections-weight1": ("r28 with the corrections' cross-entropy at weight 1 (--correction-weight 1), "
+                                      "as any answer token: r28 learned to end every outline after one or two items", "shipped-r17",
+                              [f"{R25_DATA}/sft-onpolicy-r17p.jsonl",
+                               "results/candidates/r20-onpolicy-best-of-4/data/sft-sampled-r17.jsonl"],
+                              ["--epochs", "2", "--lr", "1e-4", "--annotated-fraction", "data", "--max-length", "640",
+                               "--unlikelihood", "1.0", "--repeat-data",
+                               "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl", "--correction-data",
+                               "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl",
+                               "--correction-kinds", "outline_repeat", "outline_done", "--correction-weight", "1"],
+                              [*OUTLINED, "--presence-penalty", "0.5"]),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 
