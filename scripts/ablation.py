@@ -139,8 +139,15 @@ DECODING: dict[str, tuple[str, str, list[str]]] = {
 # decoding arguments: as its starting point was when its data was generated). The data
 # is the starting model's own greedy answers to ShareGPT instructions with its guards on, filtered
 # (scripts/onpolicy_distill.py, pasta.data.onpolicy).
-R25_DATA = "results/candidates/r25-unlikelihood/data"  # committed: the data of rows r25 and r26
+R25_DATA = "results/candidates/r25-unlikelihood/data"  # committed: the data of rows r25-r29
+R17_PAIRS = "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl"  # r17's correction pairs, all kinds
+# rows r25-r29: one round on r17 with the same data, schedule and unlikelihood on r17's repeats; they differ after it
+R25_ROUND_DATA = [f"{R25_DATA}/sft-onpolicy-r17p.jsonl",
+                  "results/candidates/r20-onpolicy-best-of-4/data/sft-sampled-r17.jsonl"]
+R25_ROUND = ["--epochs", "2", "--lr", "1e-4", "--annotated-fraction", "data", "--max-length", "640",
+             "--unlikelihood", "1.0", "--repeat-data", R17_PAIRS]
 OUTLINED = ["--outline-topics"]  # decoded with outline topics and their guards, as r16 and r17 record
+PENALISED = [*OUTLINED, "--presence-penalty", "0.5"]  # ... and r17's presence penalty (its default since r24)
 ONPOLICY: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
     "r17-onpolicy": ("one round of on-policy self-distillation on the shipped r16: its own answers to 640 ShareGPT "
                      "instructions, decoded with its guards, kept when clean (guard-corrected outlines included), "
@@ -167,59 +174,39 @@ ONPOLICY: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
                               "(--clean-only --one-item-per-chunk --min-fork-speedup 1.3 --drop-evasive); decoded "
                               "with the penalty", "shipped-r17", ["data/sft-onpolicy-r17p.jsonl"],
                               ["--epochs", "2", "--lr", "2e-4", "--annotated-fraction", "data", "--max-length", "640"],
-                              [*OUTLINED, "--presence-penalty", "0.5"]),
+                              PENALISED),
     "r25-unlikelihood": ("one round on r17 with unlikelihood on repeated outline items (pasta.train.unlikelihood, "
                          "weight 1): cross-entropy on r24's data and r20's best-of-4 forks for the guarded prompts, "
                          "where each token that would copy an earlier outline item is pushed down, plus the 130 "
                          "repeated outlines r17 wrote itself (the rejected side of its outline_repeat correction "
                          "pairs) on unlikelihood alone; 2 epochs at lr 1e-4; decoded with the presence penalty 0.5",
-                         "shipped-r17", [f"{R25_DATA}/sft-onpolicy-r17p.jsonl",
-                                         "results/candidates/r20-onpolicy-best-of-4/data/sft-sampled-r17.jsonl"],
-                         ["--epochs", "2", "--lr", "1e-4", "--annotated-fraction", "data", "--max-length", "640",
-                          "--unlikelihood", "1.0", "--repeat-data",
-                          "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl", "--no-unlikelihood-empty-items"],
-                         [*OUTLINED, "--presence-penalty", "0.5"]),
+                         "shipped-r17", R25_ROUND_DATA,
+                         [*R25_ROUND, "--no-unlikelihood-empty-items"],
+                         PENALISED),
     "r26-unlikelihood-empty": ("r25 where each outline item's first token also pushes down the separators ';' and '.' "
                                "(an empty item, where r25 escaped to: 'Grill;; Store')", "shipped-r17",
-                               [f"{R25_DATA}/sft-onpolicy-r17p.jsonl",
-                                "results/candidates/r20-onpolicy-best-of-4/data/sft-sampled-r17.jsonl"],
-                               ["--epochs", "2", "--lr", "1e-4", "--annotated-fraction", "data", "--max-length", "640",
-                                "--unlikelihood", "1.0", "--repeat-data",
-                                "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl"],
-                               [*OUTLINED, "--presence-penalty", "0.5"]),
+                               R25_ROUND_DATA, R25_ROUND, PENALISED),
     "r27-token-corrections": ("r26 plus token-level corrections from all 373 of r17's correction pairs "
                               "(--correction-data, weight 10): at the one token where the corrected answer parts from "
                               "r17's own, cross-entropy on the correction ('.' ending the outline, '<sync/>' ending "
                               "the list, the plain list instead of a one-item 'Overview') and unlikelihood on r17's "
                               "token (';', '4.', 'Overview')", "shipped-r17",
-                              [f"{R25_DATA}/sft-onpolicy-r17p.jsonl",
-                               "results/candidates/r20-onpolicy-best-of-4/data/sft-sampled-r17.jsonl"],
-                              ["--epochs", "2", "--lr", "1e-4", "--annotated-fraction", "data", "--max-length", "640",
-                               "--unlikelihood", "1.0", "--repeat-data",
-                               "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl", "--correction-data",
-                               "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl"],
-                              [*OUTLINED, "--presence-penalty", "0.5"]),
+                              R25_ROUND_DATA,
+                              [*R25_ROUND, "--correction-data", R17_PAIRS],
+                              PENALISED),
     "r28-token-corrections-lists": ("r27 with the list decisions alone (--correction-kinds outline_repeat "
                                     "outline_done: 197 pairs, '.' ending the outline and '<sync/>' ending the list): "
                                     "r27 learned from the one_item pairs to skip the outline, not the fork", "shipped-r17",
-                              [f"{R25_DATA}/sft-onpolicy-r17p.jsonl",
-                               "results/candidates/r20-onpolicy-best-of-4/data/sft-sampled-r17.jsonl"],
-                              ["--epochs", "2", "--lr", "1e-4", "--annotated-fraction", "data", "--max-length", "640",
-                               "--unlikelihood", "1.0", "--repeat-data",
-                               "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl", "--correction-data",
-                               "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl",
+                              R25_ROUND_DATA,
+                              [*R25_ROUND, "--correction-data", R17_PAIRS,
                                "--correction-kinds", "outline_repeat", "outline_done"],
-                              [*OUTLINED, "--presence-penalty", "0.5"]),
+                              PENALISED),
     "r29-token-corrections-weight1": ("r28 with the corrections' cross-entropy at weight 1 (--correction-weight 1), "
                                       "as any answer token: r28 learned to end every outline after one or two items", "shipped-r17",
-                              [f"{R25_DATA}/sft-onpolicy-r17p.jsonl",
-                               "results/candidates/r20-onpolicy-best-of-4/data/sft-sampled-r17.jsonl"],
-                              ["--epochs", "2", "--lr", "1e-4", "--annotated-fraction", "data", "--max-length", "640",
-                               "--unlikelihood", "1.0", "--repeat-data",
-                               "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl", "--correction-data",
-                               "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl",
+                              R25_ROUND_DATA,
+                              [*R25_ROUND, "--correction-data", R17_PAIRS,
                                "--correction-kinds", "outline_repeat", "outline_done", "--correction-weight", "1"],
-                              [*OUTLINED, "--presence-penalty", "0.5"]),
+                              PENALISED),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 
