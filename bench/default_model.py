@@ -59,7 +59,7 @@ def measure(index: int, prompt: str, pasta: Interpreter, original: Interpreter |
         "index": index, "id": f"alpaca_eval:{index}", "instruction": prompt, "output": result.text,
         "annotated": result.annotated, "pasta": stats.to_dict(), "wall_async_s": wall_async,
         "warnings": result.stats.warnings, "outline_topics_fed": result.stats.outline_topics_fed,
-        "outline_topics": used.outline_topics, "presence_penalty": used.presence_penalty,
+        "outline_topics": used.outline_topics, "outline_terminated": used.outline_terminated, "presence_penalty": used.presence_penalty,
         "frequency_penalty": used.frequency_penalty, "draft_promises": used.draft_promises,
         "draft_tokens": used.draft_tokens,
         "drafted": result.stats.drafted, "drafts_rejected": result.stats.drafts_rejected,
@@ -140,10 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     pasta = Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=adapter, quantize=args.quantize)
     original = None if args.no_original else Interpreter.from_pretrained(args.model, dtype=args.dtype, adapter=False,
                                                                          quantize=args.quantize)
-    limits = DecodeLimits(max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_new_tokens,
-                          outline_topics=args.outline_topics, presence_penalty=args.presence_penalty,
-                          frequency_penalty=args.frequency_penalty, draft_promises=args.draft_promises,
-                          draft_tokens=args.draft_tokens)
+    limits = DecodeLimits.from_options(args, max_new_tokens=args.max_new_tokens, max_thread_tokens=args.max_new_tokens)
     prompts = alpaca_eval_prompts()
     end = len(prompts) if args.limit is None else args.offset + args.limit
     chosen = list(range(args.offset, min(end, len(prompts))))
@@ -182,7 +179,7 @@ def _decoded_with(rows: list[dict]) -> dict:
     """The presence/frequency penalties and promise drafts the answers were decoded with: one value each, or 'mixed'
     (rows written before these existed had none: 0, off), and the drafted tokens the model confirmed."""
     found = {}
-    for key, before in (("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("draft_promises", False),
+    for key, before in (("outline_terminated", False), ("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("draft_promises", False),
                         ("draft_tokens", 0)):
         values = {row.get(key, before) for row in rows}
         found[key] = values.pop() if len(values) == 1 else "mixed"

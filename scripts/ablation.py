@@ -146,6 +146,10 @@ R25_ROUND_DATA = [f"{R25_DATA}/sft-onpolicy-r17p.jsonl",
                   "results/candidates/r20-onpolicy-best-of-4/data/sft-sampled-r17.jsonl"]
 R25_ROUND = ["--epochs", "2", "--lr", "1e-4", "--annotated-fraction", "data", "--max-length", "640",
              "--unlikelihood", "1.0", "--repeat-data", R17_PAIRS]
+# row r30: the same data and pairs with terminated outlines (scripts/terminate_outlines.py), committed
+R30_DATA = "results/candidates/r30-terminated-outlines/data"
+R30_ROUND_DATA = [f"{R30_DATA}/sft-onpolicy-r17p-terminated.jsonl", f"{R30_DATA}/sft-sampled-r17-terminated.jsonl"]
+R30_PAIRS = f"{R30_DATA}/pairs-r17-all-terminated.jsonl"
 OUTLINED = ["--outline-topics"]  # decoded with outline topics and their guards, as r16 and r17 record
 PENALISED = [*OUTLINED, "--presence-penalty", "0.5"]  # ... and r17's presence penalty (its default since r24)
 ONPOLICY: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
@@ -207,6 +211,14 @@ ONPOLICY: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
                               [*R25_ROUND, "--correction-data", R17_PAIRS,
                                "--correction-kinds", "outline_repeat", "outline_done", "--correction-weight", "1"],
                               PENALISED),
+    "r30-terminated-outlines": ("r26 with terminated outlines ('Overview: Diet; Sleep;': scripts/terminate_outlines.py on "
+                                "its data and r17's pairs), so the decision to end falls on the next item's first token "
+                                "(a newline against the item, a copy included), plus r17's repeats as token corrections "
+                                "there (a newline against the copy, --correction-kinds outline_repeat, weight 1)",
+                                "shipped-r17", R30_ROUND_DATA,
+                                [*R25_ROUND[:-1], R30_PAIRS, "--correction-data", R30_PAIRS,
+                                 "--correction-kinds", "outline_repeat", "--correction-weight", "1"],
+                                [*PENALISED, "--outline-terminated"]),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 

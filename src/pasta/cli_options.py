@@ -68,6 +68,9 @@ def add_outline_topics_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outline-topics", action=argparse.BooleanOptionalAction, default=None,
                    help="feed each promise's topic from the outline line before it (models trained on annotator v5; "
                         "default: as the model records in pasta_decoding.json)")
+    p.add_argument("--outline-terminated", action=argparse.BooleanOptionalAction, default=None,
+                   help="the model ends each outline item with ';' ('Overview: Diet; Sleep;'), which the outline guard "
+                        "keeps (default: as the model records in pasta_decoding.json)")
 
 
 def limits_from_args(args) -> DecodeLimits:

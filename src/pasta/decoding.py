@@ -103,6 +103,11 @@ class DecodeLimits:
     # and refused with a forced <sync/> (guard outline_done): it would repeat an item or go past the plan.
     # None: as the model was trained (`pasta_decoding.json` beside its adapter, see `resolved`); off when unknown.
     outline_topics: bool | None = None
+    # Terminated outlines (`pasta.lang.terminated_outlines`): the model ends every outline item with ';' and the line
+    # with a newline ("Overview: Diet; Sleep;"), so the outline guard keeps the ';' of the last item it lets stand and
+    # adds only the blank line, and its length cap cuts the item one past `max_promises_per_sync` when that item is
+    # written (a ';' after the last allowed item is no wish for another). None: as the model records; off when unknown.
+    outline_terminated: bool | None = None
     # Presence and frequency penalties (OpenAI's semantics, in [-2, 2]) on the words a thread has sampled itself
     # (`pasta.penalties`: per thread, tag syntax, numbers and punctuation exempt). None: as the model records (0 when
     # unknown). Not applied under teacher forcing.
@@ -129,8 +134,8 @@ class DecodeLimits:
 
     def resolved(self, model_defaults: dict) -> DecodeLimits:
         """These limits with the fields left None taken from a model's recorded decoding conventions."""
-        unknown = {"outline_topics": False, "presence_penalty": 0.0, "frequency_penalty": 0.0,  # recorded by none
-                   "draft_tokens": 0}
+        unknown = {"outline_topics": False, "outline_terminated": False, "presence_penalty": 0.0,  # recorded by none
+                   "frequency_penalty": 0.0, "draft_tokens": 0}
         return replace(self, **{name: type(fallback)(model_defaults.get(name, fallback))
                                 for name, fallback in unknown.items() if getattr(self, name) is None})
 
@@ -146,7 +151,7 @@ class DecodeLimits:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-DECODING_OPTIONS = ("outline_topics", "presence_penalty", "frequency_penalty", "draft_promises", "draft_tokens")
+DECODING_OPTIONS = ("outline_topics", "outline_terminated", "presence_penalty", "frequency_penalty", "draft_promises", "draft_tokens")
 
 
 @dataclass
@@ -697,11 +702,21 @@ class Decoding:
             return token
         *earlier, item = (line[len(OUTLINE_PREFIX):] + before).split(";")
         seen = {topic_key(i) for i in earlier} - {""}
-        if topic_key(item) in seen:
+        cap = self.limits.max_promises_per_sync
+        if self.limits.outline_terminated:
+            # "Overview: Diet; Sleep; Sleep;" -> "Overview: Diet; Sleep;" and a blank line: the earlier ';' stays
+            repeats, too_long = topic_key(item) in seen, len(earlier) >= cap
+            if not (repeats or too_long):
+                return token
+            self._drop_text_tail(thread, len(line) - line.rindex(";") - 1)
+            ids = encode_piece(self.tokenizer, "\n\n")
+            self.guards.append(f"outline_repeat: outline item {item.strip()!r} repeats; outline ended" if repeats
+                               else f"outline_long: outline reached {len(earlier) + 1} items; outline ended")
+        elif topic_key(item) in seen:
             self._drop_text_tail(thread, len(line) - line.rindex(";"))
             self.guards.append(f"outline_repeat: outline item {item.strip()!r} repeats; outline ended")
             ids = encode_piece(self.tokenizer, ".\n\n")
-        elif len(earlier) + 1 >= self.limits.max_promises_per_sync:
+        elif len(earlier) + 1 >= cap:
             self.guards.append(f"outline_long: outline reached {len(earlier) + 1} items; outline ended")
             ids = encode_piece(self.tokenizer, before + ".\n\n")
         else:

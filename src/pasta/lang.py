@@ -30,6 +30,8 @@ __all__ = [
     "OUTLINE_PREFIX",
     "outline_line",
     "last_outline",
+    "terminated_outlines",
+    "has_terminated_outline",
     "is_outlined",
     "TAG_NAMES",
     "KNOWN_ATTRS",
@@ -226,6 +228,21 @@ def outline_line(items: list[str]) -> str:
     return OUTLINE_PREFIX + "; ".join(items) + ".\n\n"
 
 
+# Terminated outlines: every item ends with ';' and the line with a newline ("Overview: Diet; Sleep; Walk;"). In the
+# '.'-ended form the decision to stop falls on the separator after the last item (';' or '.'), where the model cannot
+# yet see what the next item would be: r17 gives ';' a median 0.92 of the two where the item it then writes repeats
+# an earlier one, 0.97 where a new one follows (docs/training.md, "Terminated outlines"). Terminated, the decision
+# falls on the next item's first token, where ending (a newline) competes with each candidate item itself, a copy
+# included.
+_DOT_ENDED_OUTLINE_RE = re.compile(r"^(" + re.escape(OUTLINE_PREFIX) + r"[^\n]*?)\.([ \t]*)$", re.MULTILINE)
+
+
+def terminated_outlines(text: str) -> str:
+    """`text` with each '.'-ended outline line ended by ';' instead: "Overview: Diet; Sleep." -> "Overview: Diet;
+    Sleep;" (the rest of the text unchanged)."""
+    return _DOT_ENDED_OUTLINE_RE.sub(r"\1;\2", text)
+
+
 def last_outline(text: str) -> tuple[list[str], int] | None:
     """(items, end offset) of the last complete outline line in `text` (ended by a newline), or None."""
     found = None
@@ -241,6 +258,12 @@ def is_outlined(annotated: str) -> bool:
     """An outline line followed, later in the answer, by a promise (an answer written by annotator version 5)."""
     first = _OUTLINE_RE.search(annotated)
     return first is not None and "<promise" in annotated[first.end():]
+
+
+def has_terminated_outline(annotated: str) -> bool:
+    """The answer's first outline line ends its last item with ';' ("Overview: Diet; Sleep;")."""
+    first = _OUTLINE_RE.search(annotated)
+    return first is not None and first.group(1).rstrip().endswith(";")
 
 
 def promise_tag(topic: str, tokens: int | None = None) -> str:

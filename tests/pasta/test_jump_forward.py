@@ -166,6 +166,35 @@ def test_the_outline_guard_ends_a_looping_outline(main, guard, text):
     assert off.guards == [] and "Overview: " + main.split("Overview: ")[1].split("<")[0] in off.stitch()[1]
 
 
+TERMINATED = DecodeLimits(outline_topics=True, outline_terminated=True)
+EIGHT = "Overview: " + "; ".join(f"a{i}" for i in range(1, 9)) + ";"
+
+
+@pytest.mark.parametrize("main, guards, text", [
+    # Terminated outlines ("Overview: Sleep; Food;"): topics are fed from them as from '.'-ended ones.
+    ('Overview: Sleep; Food;\n\n1. <promise topic="1/2 Sleep" tokens="5"/>2. <promise topic="2/2 Food" tokens="5"/>'
+     '<sync/>x', [], "Overview: Sleep; Food;\n\n1. a2. ax"),
+    # A repeated item leaves the answer; the ';' before it stays and the line ends with a blank line.
+    ('Overview: Sleep; Food; sleep;1. <promise topic="1/2 Sleep" tokens="5"/>2. <promise topic="2/2 Food" tokens="5"/>'
+     '<sync/>x', ["outline_repeat"], "Overview: Sleep; Food;\n\n1. a2. ax"),
+    # Eight items each ended by ';' is a whole outline, not a wish for a ninth: no guard ...
+    (EIGHT + '\n<promise topic="1/8 a1" tokens="5"/><sync/>x', [], EIGHT + "\nax"),
+    # ... a ninth item, once written, is cut.
+    (EIGHT + ' a9;\n<promise topic="1/8 a1" tokens="5"/><sync/>x', ["outline_long"], EIGHT + "\n\n\nax"),
+])
+def test_the_outline_guard_keeps_a_terminated_outlines_form(main, guards, text):
+    decoding = drive_script(main, ["a</async>"] * 2, TERMINATED, tokenizer=TOK)
+    assert [g.split(":")[0] for g in decoding.guards] == guards
+    assert decoding.stitch()[1] == text and decoding.outline_topics_fed >= 1
+
+
+def test_a_whole_eight_item_outline_is_cut_only_in_the_dot_ended_form():
+    # Dot-ended, a ';' after the eighth item announces a ninth: the cap ends the line there.
+    main = EIGHT + '\n<promise topic="1/8 a1" tokens="5"/><sync/>x'
+    decoding = drive_script(main, ["a</async>"], DecodeLimits(outline_topics=True), tokenizer=TOK)
+    assert [g.split(":")[0] for g in decoding.guards] == ["outline_long"]
+
+
 def test_no_outline_guard_under_teacher_forcing_or_outside_an_outline_line():
     main = 'Note: a; b; a; a; a.\nOverview: x; y.\n<promise topic="1/2 x" tokens="5"/><sync/>z'
     decoding = drive_script(main, ["a</async>"], DecodeLimits(outline_topics=True), tokenizer=TOK)

@@ -549,3 +549,16 @@ def test_a_stray_closing_tag_is_markup_that_means_nothing():
     structure = to_structure(text)
     assert structure.to_storage() == text  # lossless, like every other malformed input
     assert structure.chunks[0].body == "b</sync/>" and structure.plain_text() == "AbAgain."
+
+
+def test_terminated_outlines_end_each_item_with_a_semicolon():
+    from pasta.lang import has_terminated_outline, last_outline, terminated_outlines
+
+    text = "Intro. Dr. Who said so.\n\nOverview: Dr. Who; St. Ives.\n\n1. Done.\nOverview: A.  \nend."
+    assert terminated_outlines(text) == "Intro. Dr. Who said so.\n\nOverview: Dr. Who; St. Ives;\n\n1. Done.\n" \
+                                        "Overview: A;  \nend."
+    # Both forms name the same items; only the terminated one is recognised as such.
+    for form in (text, terminated_outlines(text)):
+        assert last_outline(form.split("\n1.")[0] + "\n")[0] == ["Dr. Who", "St. Ives"]
+    assert has_terminated_outline(terminated_outlines(text)) and not has_terminated_outline(text)
+    assert terminated_outlines("Overview: A; B\nno dot") == "Overview: A; B\nno dot"  # nothing to end

@@ -139,6 +139,14 @@ def test_a_model_trained_on_outlined_answers_records_outline_topics(setup, tmp_p
     assert decoding_conventions(stats) == {"outline_topics": True, "draft_tokens": 10}
     _, stats = build_examples(config, tok, read_rows(config.data)[2:])
     assert decoding_conventions(stats) == {"outline_topics": False, "draft_tokens": 10}  # 1 of 4 outlined
+    # The same outlines terminated ("Overview: a; b;"): recorded, so the outline guard keeps their last ';'.
+    from pasta.lang import terminated_outlines
+
+    data.write_text("".join(json.dumps(dict(row, annotated=terminated_outlines(row["annotated"]))) + "\n"
+                            for row in outlined[:3] + ROWS[3:]))
+    _, stats = build_examples(config, tok, read_rows(config.data))
+    assert stats["examples_with_terminated_outline"] == 3
+    assert decoding_conventions(stats) == {"outline_topics": True, "outline_terminated": True, "draft_tokens": 10}
     # No count shared by 90% of the promises: none recorded (the model writes the first count itself).
     assert "draft_tokens" not in decoding_conventions({"promise_tokens": {"10": 8, "20": 2}})
     assert decoding_conventions({"promise_tokens": {"30": 9, "20": 1}})["draft_tokens"] == 30

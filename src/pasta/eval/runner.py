@@ -67,6 +67,7 @@ class EvalConfig(DecodeSettings):
     bootstrap: int = 2000
     plots: bool = True
     outline_topics: bool | None = None  # DecodeLimits.outline_topics (None: as the model records)
+    outline_terminated: bool | None = None  # DecodeLimits.outline_terminated (None: as the model records)
     presence_penalty: float | None = None  # DecodeLimits (None: as the model records)
     frequency_penalty: float | None = None
     draft_promises: bool = True  # DecodeLimits.draft_promises

@@ -20,7 +20,7 @@ import torch
 from ..chat import prompt_ids
 from ..forcing import forced_program
 from ..jsonl import jsonl_lines
-from ..lang import is_outlined, is_valid, to_structure
+from ..lang import has_terminated_outline, is_outlined, is_valid, to_structure
 from ..layout import LayoutConfig
 from .collator import LaidOut, causal_lm_loss, collate, layout_example
 
@@ -208,7 +208,7 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
     rng.shuffle(with_chunks)
     rng.shuffle(plain)
     stats = {"rows": len(rows), "with_chunks": len(with_chunks), "too_long": 0, "examples_with_outline": 0,
-             "promise_tokens": {}}  # promises per `tokens` value in the examples laid out
+             "examples_with_terminated_outline": 0, "promise_tokens": {}}  # promises per `tokens` value in the examples laid out
 
     def lay(pool: list[dict], want: int) -> list[LaidOut]:
         out = []
@@ -223,7 +223,9 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
                 stats["too_long"] += 1
                 continue
             out.append(laid)
-            stats["examples_with_outline"] += is_outlined(row["annotated"])
+            if is_outlined(row["annotated"]):
+                stats["examples_with_outline"] += 1
+                stats["examples_with_terminated_outline"] += has_terminated_outline(row["annotated"])
             for value in _PROMISE_TOKENS.findall(row["annotated"]):
                 stats["promise_tokens"][value] = stats["promise_tokens"].get(value, 0) + 1
         return out
@@ -290,10 +292,14 @@ def _lay_correction(config: SFTConfig, tokenizer, row: dict) -> LaidOut | None:
 
 def decoding_conventions(data_stats: dict) -> dict:
     """What a model trained on these examples needs at decode time (pasta_decoding.json): outline topics when most
-    forked examples were outlined; `draft_tokens` when at least 90% of their promises carry one token count (the
-    model will write it too: promise drafts propose it for a list's first promise, DecodeLimits.draft_tokens)."""
+    forked examples were outlined (`outline_terminated` too when most of those outlines end their items with ';');
+    `draft_tokens` when at least 90% of their promises carry one token count (the model will write it too: promise
+    drafts propose it for a list's first promise, DecodeLimits.draft_tokens)."""
     forked = data_stats.get("examples_with_chunks", 0)
-    conventions = {"outline_topics": forked > 0 and data_stats.get("examples_with_outline", 0) * 2 >= forked}
+    outlined = data_stats.get("examples_with_outline", 0)
+    conventions = {"outline_topics": forked > 0 and outlined * 2 >= forked}
+    if conventions["outline_topics"] and data_stats.get("examples_with_terminated_outline", 0) * 2 > outlined:
+        conventions["outline_terminated"] = True
     counts = data_stats.get("promise_tokens") or {}
     if counts:
         value, n = max(counts.items(), key=lambda item: item[1])
