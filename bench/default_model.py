@@ -220,16 +220,24 @@ def _without(argv: list[str], options: tuple[str, ...], flags: tuple[str, ...] =
     return out
 
 
+def _shards(chosen: list[int], done: set[int], workers: int) -> list[list[int]]:
+    """Contiguous ranges of prompt indexes, one per worker, that split the prompts still to decode evenly (a resumed
+    run's done rows would otherwise leave a worker idle); the done rows inside a range are handed to its worker,
+    which resumes past them. Nothing left to decode: the ranges split them all (the workers only re-report)."""
+    todo = [index for index in chosen if index not in done] or chosen
+    size = -(-len(todo) // workers)
+    return [list(range(part[0], part[-1] + 1)) for part in (todo[k : k + size] for k in range(0, len(todo), size))]
+
+
 def _run_workers(args, argv: list[str]) -> int:
     """Decode contiguous shards in parallel processes, then merge their rows into --out in prompt order."""
     out = Path(args.out)
     total = len(alpaca_eval_prompts())
     end = total if args.limit is None else min(total, args.offset + args.limit)
     chosen = list(range(args.offset, end))
-    size = -(-len(chosen) // args.workers)
-    shards = [chosen[k : k + size] for k in range(0, len(chosen), size)]
-    base = _without(argv, ("--workers", "--offset", "--limit", "--out", "--summary"), flags=("--json",))
     done = _done_rows(out)
+    shards = _shards(chosen, set(done), args.workers)
+    base = _without(argv, ("--workers", "--offset", "--limit", "--out", "--summary"), flags=("--json",))
     procs = []
     for k, shard in enumerate(shards):
         part = out.with_name(f"{out.stem}.w{k}.jsonl")

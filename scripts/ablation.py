@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -219,15 +220,21 @@ ONPOLICY: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
                                 [*R25_ROUND[:-1], R30_PAIRS, "--correction-data", R30_PAIRS,
                                  "--correction-kinds", "outline_repeat", "--correction-weight", "1"],
                                 [*PENALISED, "--outline-terminated"]),
+    "r31-terminated-no-corrections": ("r30 without the corrections (r26 on terminated data): is the early end the "
+                                      "form's or the corrections'", "shipped-r17", R30_ROUND_DATA,
+                                      [*R25_ROUND[:-1], R30_PAIRS], [*PENALISED, "--outline-terminated"]),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
+# --dev100: AlpacaEval 100-199, for gaps the 40 prompts cannot tell apart (a row's 20-odd forks give a guard rate
+# +-0.2; r25's 0.08 there was 0.20 on the report set). Rows go to results/ablation/dev100/.
+DEV100 = ["--offset", "100", "--limit", "100", *DEV[4:]]
 
 
-def run(name: str, threads: int = 1, workers: int = 1) -> None:
+def run(name: str, threads: int = 1, workers: int = 1, dev100: bool = False) -> None:
     if name in DECODING:
         trained = DECODING[name][1]  # "shipped-r16": the embedded r16 adapter, from git history
         folder = _shipped(trained) if trained in SHIPPED else str(ROOT / "runs" / "abl" / trained)
-        _evaluate(name, ["--adapter", folder, *DECODING[name][2]], workers)
+        _evaluate(name, ["--adapter", folder, *DECODING[name][2]], workers, dev100)
         return
     if name in ONPOLICY:
         _, init, data, extra, decoding = ONPOLICY[name]
@@ -235,14 +242,14 @@ def run(name: str, threads: int = 1, workers: int = 1) -> None:
         out = ROOT / "runs" / "abl" / name
         subprocess.run([PY, "-m", "pasta.cli", "train", "sft", "--init-adapter", init, "--data", *data, "--out",
                         str(out), *COMMON, *extra, "--threads", str(threads)], check=True, cwd=ROOT)
-        _evaluate(name, ["--adapter", str(out), *decoding], workers)
+        _evaluate(name, ["--adapter", str(out), *decoding], workers, dev100)
         return
     if name in STAGE2:
         out = ROOT / "runs" / "abl" / name
         _, pref_args, decoding = STAGE2[name]
         args = [_shipped(a) if a in SHIPPED else a for a in pref_args]
         subprocess.run([PY, "-m", "pasta.cli", "train", "pref", "--out", str(out), *args], check=True, cwd=ROOT)
-        _evaluate(name, ["--adapter", str(out / "round-1" / "adapter"), *decoding], workers)
+        _evaluate(name, ["--adapter", str(out / "round-1" / "adapter"), *decoding], workers, dev100)
         return
     what, data, extra = RUNS[name]
     out = ROOT / "runs" / "abl" / name
@@ -260,7 +267,7 @@ def run(name: str, threads: int = 1, workers: int = 1) -> None:
         adapter = ["--model", str(folder), "--no-adapter"]
     # A training row measures the adapter alone: no decoding aid, even one its pasta_decoding.json asks for (r16's
     # does; the DECODING rows add them).
-    _evaluate(name, [*adapter, "--no-outline-topics"], workers)
+    _evaluate(name, [*adapter, "--no-outline-topics"], workers, dev100)
 
 
 R0_COMMIT = "e86f3e8^"  # the last commit whose embedded default adapter was r0 (r3 replaced it, then r16, r17)
@@ -293,13 +300,17 @@ def _shipped(name: str) -> str:
     return str(_historic_adapter(*SHIPPED[name]))
 
 
-def _evaluate(name: str, adapter: list[str], workers: int = 1) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def _evaluate(name: str, adapter: list[str], workers: int = 1, dev100: bool = False) -> None:
+    folder = RESULTS / "dev100" if dev100 else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{name}.jsonl"
+    if dev100 and not out.exists() and (RESULTS / f"{name}.jsonl").exists():
+        shutil.copyfile(RESULTS / f"{name}.jsonl", out)  # its answers to 100-139: the same decoding, not redone
     # Rows decode without promise drafts unless they ask for them: the rows before drafts existed were made so.
     drafts = [] if "--draft-promises" in adapter else ["--no-draft-promises"]
-    subprocess.run([PY, "bench/default_model.py", *DEV, *adapter, *drafts, "--workers", str(workers),
-                    "--out", str(RESULTS / f"{name}.jsonl"),
-                    "--summary", str(RESULTS / f"{name}.summary.json"), "--json"], check=True, cwd=ROOT)
+    subprocess.run([PY, "bench/default_model.py", *(DEV100 if dev100 else DEV), *adapter, *drafts,
+                    "--workers", str(workers), "--out", str(out), "--summary", str(folder / f"{name}.summary.json"),
+                    "--json"], check=True, cwd=ROOT)
 
 
 def restat(name: str) -> None:
@@ -386,11 +397,14 @@ def main() -> int:
                         help="torch threads for training (results do not depend on it; time does)")
     parser.add_argument("--eval-workers", type=int, default=1,
                         help="decode the development set in this many processes (1 thread each)")
+    parser.add_argument("--dev100", action="store_true",
+                        help="evaluate on AlpacaEval 100-199 (results/ablation/dev100/; the row's answers to 100-139 "
+                             "reused)")
     parser.add_argument("--restat", choices=sorted(RUNS), action="append", default=[],
                         help="recompute a run's statistics from its per-answer rows")
     args = parser.parse_args()
     for name in args.run:
-        run(name, args.threads, args.eval_workers)
+        run(name, args.threads, args.eval_workers, args.dev100)
     for name in args.restat:
         restat(name)
     if args.table:

@@ -151,7 +151,8 @@ class DecodeLimits:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-DECODING_OPTIONS = ("outline_topics", "outline_terminated", "presence_penalty", "frequency_penalty", "draft_promises", "draft_tokens")
+DECODING_OPTIONS = ("outline_topics", "outline_terminated", "presence_penalty", "frequency_penalty", "draft_promises",
+                    "draft_tokens")
 
 
 @dataclass

@@ -188,7 +188,8 @@ def _recorded_file(loaded, name: str):
 
 # What pasta_decoding.json may record: DecodeLimits fields a request leaves None take these values.
 DECODING_CONVENTIONS: dict[str, type | tuple[type, ...]] = {
-    "outline_topics": bool, "outline_terminated": bool, "presence_penalty": (int, float), "frequency_penalty": (int, float), "draft_tokens": int}
+    "outline_topics": bool, "outline_terminated": bool,
+    "presence_penalty": (int, float), "frequency_penalty": (int, float), "draft_tokens": int}
 
 
 def decoding_defaults_for(loaded) -> dict:

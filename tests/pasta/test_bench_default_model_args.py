@@ -47,7 +47,22 @@ def test_rows_record_the_penalties_and_the_original_decodes_without_them():
     explicit = bench.measure(0, "write words", original, original, DecodeLimits(
         max_new_tokens=30, max_thread_tokens=30, presence_penalty=1.5), sequential=False)
     assert explicit["output"] == row["output"] and explicit["original"]["output"] == alone.text
-    assert bench._decoded_with([row, dict(row)]) == {"presence_penalty": 1.5, "frequency_penalty": 0.0,
+    assert bench._decoded_with([row, dict(row)]) == {"outline_terminated": False,
+                                                      "presence_penalty": 1.5, "frequency_penalty": 0.0,
                                                       "draft_promises": True, "draft_tokens": 0, "drafted_tokens": 0,
                                                       "drafted_plain_tokens": 0}
     assert bench._decoded_with([row, {}])["presence_penalty"] == "mixed"  # a row from before penalties existed: 0
+
+
+def test_worker_shards_split_what_is_left_to_decode():
+    shards = _bench()._shards
+    chosen = list(range(100, 200))
+    assert shards(chosen, set(), 2) == [list(range(100, 150)), list(range(150, 200))]
+    # 100-139 done (a 40-prompt run extended to 100): the 60 left are split 30/30, not 10/50
+    assert shards(chosen, set(range(100, 140)), 2) == [list(range(140, 170)), list(range(170, 200))]
+    # done rows inside a range stay in it (the worker is handed them); every prompt left is in exactly one range
+    left = [i for i in chosen if i % 3]
+    got = shards(chosen, set(chosen) - set(left), 3)
+    assert len(got) == 3 and sorted(i for s in got for i in s if i in left) == left
+    assert all(s == list(range(s[0], s[-1] + 1)) for s in got)
+    assert shards(chosen, set(chosen), 2) == shards(chosen, set(), 2)  # all done: the workers only re-report
