@@ -194,3 +194,30 @@ def test_a_stray_closing_tag_is_dropped_from_the_answer_with_a_warning():
     assert lang.strip_tags(annotated) == text
     s = answer_stats(GenerationResult(text=text, annotated=annotated, stats=build_stats(decoding, 0.0, 0)), TOK)
     assert s.leaked_tags == 0 and not s.well_formed and s.complete
+
+
+def test_empty_outline_items_are_counted_and_the_end_mark_is_not_one():
+    from pasta.eval.answer_stats import empty_outline_items
+
+    assert empty_outline_items("Overview: Diet; Sleep.\n") == 0
+    assert empty_outline_items("Overview: Diet; Sleep;\n") == 0  # terminated: the ';' ends the last item
+    assert empty_outline_items("Intro.\nOverview: Add;; Place;;;;.\nNote: a;; b.") == 5  # only outline lines
+    assert empty_outline_items("Overview: The; It; and;;;;\n") == 3
+
+
+def test_stats_of_an_outline_with_an_empty_item(interp):
+    teacher = ('Overview: Sleep;; Food.\n\n<promise topic="1/2 Sleep" tokens="10"/><async>Rest.</async>\n'
+               '<promise topic="2/2 Food" tokens="10"/><async>Eat.</async>\n<sync/>Done.')
+    s = answer_stats(interp.generate(interp.prompt_ids("q"), teacher=teacher), TOK)
+    assert s.empty_outline_items == 1 and s.promises == 2
+
+
+def test_aggregate_shows_single_chunk_forks_and_empty_outline_items():
+    rows = [_row(0, promises=1), _row(1), _row(2), _row(3, promises=0)]
+    rows[1]["pasta"]["empty_outline_items"] = 2
+    rows[0]["annotated"] = "Overview: Sleep.\n\n<promise topic=\"1/1 Sleep\"/><async>x</async><sync/>"  # counted
+    rows[2]["annotated"] = "Overview: A;; B.\n\n"  # a row from before the field: counted from its answer
+    p = aggregate(rows)["promise_answers"]
+    assert p["single_chunk"] == pytest.approx(1 / 3) and p["empty_outline_items"] == pytest.approx(2 / 3)
+    del rows[2]["annotated"]  # nothing to count from: the share is unknown, not 0
+    assert aggregate(rows)["promise_answers"]["empty_outline_items"] is None

@@ -13,6 +13,8 @@ A speedup is only worth reporting over answers a user would accept, so each answ
   and no tag-like text reached the user's answer (`leaked_tags` counts it: `<sync>`, `</ promise >`; the
   `</sync>` with which the first default model closed post-sync paragraphs is now a stray closing tag that the
   interpreter drops with a warning, see docs/pasta-lang.md);
+- `empty_outline_items`: items of the main thread's outline lines with nothing in them (`Overview: Add;; Place.`),
+  which the user reads and no guard sees (a model taught not to copy an item escaped to them: row r25);
 - `plain_tokens` and `theoretical_speedup` = (plain tokens + 1) / forward steps: the steps a plain, sequential
   decoder needs for the same text (one per token, plus EOS) over the steps we took. Tags are not counted.
 """
@@ -24,9 +26,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from difflib import SequenceMatcher
 
-from ..lang import Sync, parse, to_structure, topic_key
+from ..lang import OUTLINE_PREFIX, Sync, parse, to_structure, topic_key
 
-__all__ = ["AnswerStats", "aggregate", "answer_stats", "leaked_tags", "near_duplicate", "repetition_rate", "word_ngrams"]
+__all__ = ["AnswerStats", "aggregate", "answer_stats", "empty_outline_items", "leaked_tags", "near_duplicate",
+           "repetition_rate", "word_ngrams"]
 
 _WORD_RE = re.compile(r"\w+(?:['\u2019]\w+)*")
 # Warnings that mean a tag the model wrote had no effect or was removed: the Pasta-Lang was not well formed.
@@ -38,6 +41,18 @@ _LEAKED_TAG_RE = re.compile(r"</?\s*(?:async|sync|promise)\b[^<>]{0,200}>", re.I
 def leaked_tags(text: str) -> int:
     """How many Pasta-Lang-like tags are left in a plain (tag-stripped) answer."""
     return len(_LEAKED_TAG_RE.findall(text))
+
+
+def empty_outline_items(main_text: str) -> int:
+    """Empty items in the outline lines of a main thread's text: `Overview: Add;; Place.` has one. The mark that ends
+    the line (`.`, or `;` in a terminated outline, `Overview: Add; Place;`) ends the last item, not a new one."""
+    empty = 0
+    for line in main_text.splitlines():
+        if line.startswith(OUTLINE_PREFIX):
+            body = line[len(OUTLINE_PREFIX):].rstrip()
+            body = body[:-1] if body.endswith((".", ";")) else body
+            empty += sum(not item.strip() for item in body.split(";"))
+    return empty
 
 
 def _words(text: str) -> list[str]:
@@ -85,6 +100,7 @@ class AnswerStats:
     plain_tokens: int = 0
     steps: int = 0
     theoretical_speedup: float = 1.0
+    empty_outline_items: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,7 +111,8 @@ def answer_stats(result, tokenizer) -> AnswerStats:
     stats = result.stats
     # The main thread's promises: a tag the model wrote inside a chunk was ignored (it stays in `annotated` as
     # text) and forks nothing, so it is not a promise.
-    chunks = to_structure(result.annotated).chunks
+    structure = to_structure(result.annotated)
+    chunks = structure.chunks
     promises = [c for c in chunks if c.promise_raw]
     keys = [topic_key(c.topic) for c in promises]
     bodies = [c.body for c in chunks]
@@ -103,7 +120,7 @@ def answer_stats(result, tokenizer) -> AnswerStats:
     if promises:
         # Every chunk finished (none cut by a budget), and the main thread joined them: at a <sync/>, or at EOS.
         closed = all(t.close_reason in ("closed", "eos", "guard") for t in stats.timeline[1:])
-        synced = any(isinstance(e, Sync) for e in parse(to_structure(result.annotated).main_thread_text()))
+        synced = any(isinstance(e, Sync) for e in parse(structure.main_thread_text()))
         reaches_sync = closed and (synced or stats.finish_reason == "eos")
     else:
         reaches_sync = None
@@ -130,6 +147,7 @@ def answer_stats(result, tokenizer) -> AnswerStats:
         plain_tokens=plain_tokens,
         steps=stats.steps,
         theoretical_speedup=(plain_tokens + 1) / max(1, stats.steps),
+        empty_outline_items=empty_outline_items(structure.main_thread_text()),
     )
 
 
@@ -158,6 +176,15 @@ def _geomean(values: list[float]) -> float | None:
 def _charged(row: dict) -> float:
     stats = row["pasta"]
     return (stats["plain_tokens"] + 1) / max(1, stats["steps"] + row.get("drafted_plain", 0))
+
+
+def _empty_items(row: dict) -> int | None:
+    """A row's empty outline items: recorded, or counted from its annotated answer (rows from before the field)."""
+    if "empty_outline_items" in row["pasta"]:
+        return row["pasta"]["empty_outline_items"]
+    if isinstance(row.get("annotated"), str):
+        return empty_outline_items(to_structure(row["annotated"]).main_thread_text())
+    return None
 
 
 def aggregate(rows: list[dict]) -> dict:
@@ -201,6 +228,11 @@ def aggregate(rows: list[dict]) -> dict:
             "guards_fired_ci95": _wilson(guarded, len(promised)),
             "mean_promises": _mean([r["pasta"]["promises"] for r in promised]),
             "mean_distinct_topics": _mean([r["pasta"]["distinct_topics"] for r in promised]),
+            # forks of one chunk save nothing (an outline of one idea, most often with a guard after it)
+            "single_chunk": _share(sum(r["pasta"]["promises"] == 1 for r in promised), len(promised)),
+            # answers whose outline shows an empty item: a failure the guards do not see (None: rows cannot tell)
+            "empty_outline_items": _share(sum(bool(_empty_items(r)) for r in promised), len(promised))
+            if all(_empty_items(r) is not None for r in promised) else None,
         },
         "speedup": {
             "n_complete": len(done),
