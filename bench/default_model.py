@@ -59,8 +59,9 @@ def measure(index: int, prompt: str, pasta: Interpreter, original: Interpreter |
         "index": index, "id": f"alpaca_eval:{index}", "instruction": prompt, "output": result.text,
         "annotated": result.annotated, "pasta": stats.to_dict(), "wall_async_s": wall_async,
         "warnings": result.stats.warnings, "outline_topics_fed": result.stats.outline_topics_fed,
-        "outline_topics": used.outline_topics, "outline_terminated": used.outline_terminated, "presence_penalty": used.presence_penalty,
-        "frequency_penalty": used.frequency_penalty, "draft_promises": used.draft_promises,
+        "outline_topics": used.outline_topics, "outline_terminated": used.outline_terminated,
+        "presence_penalty": used.presence_penalty, "frequency_penalty": used.frequency_penalty,
+        "draft_promises": used.draft_promises,
         "draft_tokens": used.draft_tokens,
         "drafted": result.stats.drafted, "drafts_rejected": result.stats.drafts_rejected,
         "drafted_plain": result.stats.drafted_plain,
@@ -179,8 +180,8 @@ def _decoded_with(rows: list[dict]) -> dict:
     """The presence/frequency penalties and promise drafts the answers were decoded with: one value each, or 'mixed'
     (rows written before these existed had none: 0, off), and the drafted tokens the model confirmed."""
     found = {}
-    for key, before in (("outline_terminated", False), ("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("draft_promises", False),
-                        ("draft_tokens", 0)):
+    for key, before in (("outline_terminated", False), ("presence_penalty", 0.0), ("frequency_penalty", 0.0),
+                        ("draft_promises", False), ("draft_tokens", 0)):
         values = {row.get(key, before) for row in rows}
         found[key] = values.pop() if len(values) == 1 else "mixed"
     found["drafted_tokens"] = sum(row.get("drafted", 0) for row in rows)

@@ -145,8 +145,9 @@ R17_PAIRS = "results/candidates/r21-pref-corrections/pairs-r17-all.jsonl"  # r17
 # rows r25-r29: one round on r17 with the same data, schedule and unlikelihood on r17's repeats; they differ after it
 R25_ROUND_DATA = [f"{R25_DATA}/sft-onpolicy-r17p.jsonl",
                   "results/candidates/r20-onpolicy-best-of-4/data/sft-sampled-r17.jsonl"]
-R25_ROUND = ["--epochs", "2", "--lr", "1e-4", "--annotated-fraction", "data", "--max-length", "640",
-             "--unlikelihood", "1.0", "--repeat-data", R17_PAIRS]
+R25_SCHEDULE = ["--epochs", "2", "--lr", "1e-4", "--annotated-fraction", "data", "--max-length", "640",
+                "--unlikelihood", "1.0"]
+R25_ROUND = [*R25_SCHEDULE, "--repeat-data", R17_PAIRS]
 # row r30: the same data and pairs with terminated outlines (scripts/terminate_outlines.py), committed
 R30_DATA = "results/candidates/r30-terminated-outlines/data"
 R30_ROUND_DATA = [f"{R30_DATA}/sft-onpolicy-r17p-terminated.jsonl", f"{R30_DATA}/sft-sampled-r17-terminated.jsonl"]
@@ -217,12 +218,12 @@ ONPOLICY: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
                                 "(a newline against the item, a copy included), plus r17's repeats as token corrections "
                                 "there (a newline against the copy, --correction-kinds outline_repeat, weight 1)",
                                 "shipped-r17", R30_ROUND_DATA,
-                                [*R25_ROUND[:-1], R30_PAIRS, "--correction-data", R30_PAIRS,
+                                [*R25_SCHEDULE, "--repeat-data", R30_PAIRS, "--correction-data", R30_PAIRS,
                                  "--correction-kinds", "outline_repeat", "--correction-weight", "1"],
                                 [*PENALISED, "--outline-terminated"]),
     "r31-terminated-no-corrections": ("r30 without the corrections (r26 on terminated data): is the early end the "
                                       "form's or the corrections'", "shipped-r17", R30_ROUND_DATA,
-                                      [*R25_ROUND[:-1], R30_PAIRS], [*PENALISED, "--outline-terminated"]),
+                                      [*R25_SCHEDULE, "--repeat-data", R30_PAIRS], [*PENALISED, "--outline-terminated"]),
 }
 DEV = ["--offset", "100", "--limit", "40", "--max-new-tokens", "512", "--no-sequential", "--no-original"]
 # --dev100: AlpacaEval 100-199, for gaps the 40 prompts cannot tell apart (a row's 20-odd forks give a guard rate

@@ -703,25 +703,23 @@ class Decoding:
             return token
         *earlier, item = (line[len(OUTLINE_PREFIX):] + before).split(";")
         seen = {topic_key(i) for i in earlier} - {""}
-        cap = self.limits.max_promises_per_sync
-        if self.limits.outline_terminated:
-            # "Overview: Diet; Sleep; Sleep;" -> "Overview: Diet; Sleep;" and a blank line: the earlier ';' stays
-            repeats, too_long = topic_key(item) in seen, len(earlier) >= cap
-            if not (repeats or too_long):
-                return token
-            self._drop_text_tail(thread, len(line) - line.rindex(";") - 1)
-            ids = encode_piece(self.tokenizer, "\n\n")
-            self.guards.append(f"outline_repeat: outline item {item.strip()!r} repeats; outline ended" if repeats
-                               else f"outline_long: outline reached {len(earlier) + 1} items; outline ended")
-        elif topic_key(item) in seen:
-            self._drop_text_tail(thread, len(line) - line.rindex(";"))
-            self.guards.append(f"outline_repeat: outline item {item.strip()!r} repeats; outline ended")
-            ids = encode_piece(self.tokenizer, ".\n\n")
-        elif len(earlier) + 1 >= cap:
-            self.guards.append(f"outline_long: outline reached {len(earlier) + 1} items; outline ended")
-            ids = encode_piece(self.tokenizer, before + ".\n\n")
-        else:
+        terminated = bool(self.limits.outline_terminated)
+        repeats = topic_key(item) in seen
+        # '.'-ended, a ';' after the cap-th item asks for one more; terminated, every item ends with ';'
+        too_long = len(earlier) + (0 if terminated else 1) >= self.limits.max_promises_per_sync
+        if not (repeats or too_long):
             return token
+        if terminated:  # "Overview: Diet; Sleep; Sleep;" -> "Overview: Diet; Sleep;" + blank line (the ';' stays)
+            self._drop_text_tail(thread, len(line) - line.rindex(";") - 1)
+            end = "\n\n"
+        elif repeats:  # "Overview: Diet; Sleep; Sleep;" -> "Overview: Diet; Sleep." + blank line
+            self._drop_text_tail(thread, len(line) - line.rindex(";"))
+            end = ".\n\n"
+        else:  # the cap-th item is kept, ended by '.'
+            end = before + ".\n\n"
+        self.guards.append(f"outline_repeat: outline item {item.strip()!r} repeats; outline ended" if repeats
+                           else f"outline_long: outline reached {len(earlier) + 1} items; outline ended")
+        ids = encode_piece(self.tokenizer, end)
         thread.inject = ids[1:]
         return ids[0]
 

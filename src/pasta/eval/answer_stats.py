@@ -207,6 +207,7 @@ def aggregate(rows: list[dict]) -> dict:
     # Every promise the model wrote, refused ones included (older rows have no refused_promises: 0).
     promises = sum(r["pasta"]["promises"] + r["pasta"].get("refused_promises", 0) for r in promised)
     guarded = sum(bool(r["pasta"]["guards"]) for r in promised)
+    empties = [_empty_items(r) for r in promised]  # None: a row that cannot tell
     out: dict = {
         "prompts": n,
         "complete": _share(sum(bool(r["pasta"]["complete"]) for r in rows), n),
@@ -231,8 +232,7 @@ def aggregate(rows: list[dict]) -> dict:
             # forks of one chunk save nothing (an outline of one idea, most often with a guard after it)
             "single_chunk": _share(sum(r["pasta"]["promises"] == 1 for r in promised), len(promised)),
             # answers whose outline shows an empty item: a failure the guards do not see (None: rows cannot tell)
-            "empty_outline_items": _share(sum(bool(_empty_items(r)) for r in promised), len(promised))
-            if all(_empty_items(r) is not None for r in promised) else None,
+            "empty_outline_items": None if None in empties else _share(sum(map(bool, empties)), len(promised)),
         },
         "speedup": {
             "n_complete": len(done),

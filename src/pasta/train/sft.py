@@ -208,7 +208,8 @@ def build_examples(config: SFTConfig, tokenizer, rows: list[dict],
     rng.shuffle(with_chunks)
     rng.shuffle(plain)
     stats = {"rows": len(rows), "with_chunks": len(with_chunks), "too_long": 0, "examples_with_outline": 0,
-             "examples_with_terminated_outline": 0, "promise_tokens": {}}  # promises per `tokens` value in the examples laid out
+             "examples_with_terminated_outline": 0,
+             "promise_tokens": {}}  # promises per `tokens` value in the examples laid out
 
     def lay(pool: list[dict], want: int) -> list[LaidOut]:
         out = []
