@@ -60,6 +60,7 @@ def measure(index: int, prompt: str, pasta: Interpreter, original: Interpreter |
         "annotated": result.annotated, "pasta": stats.to_dict(), "wall_async_s": wall_async,
         "warnings": result.stats.warnings, "outline_topics_fed": result.stats.outline_topics_fed,
         "outline_topics": used.outline_topics, "outline_terminated": used.outline_terminated,
+        "outline_no_repeat": used.outline_no_repeat, "outline_blocked": result.stats.outline_blocked,
         "presence_penalty": used.presence_penalty, "frequency_penalty": used.frequency_penalty,
         "draft_promises": used.draft_promises,
         "draft_tokens": used.draft_tokens,
@@ -178,12 +179,18 @@ def _report(args, model_name: str, rows: list[dict]) -> int:
 
 def _decoded_with(rows: list[dict]) -> dict:
     """The presence/frequency penalties and promise drafts the answers were decoded with: one value each, or 'mixed'
-    (rows written before these existed had none: 0, off), and the drafted tokens the model confirmed."""
+    (rows written before these existed had none: 0, off), the drafted tokens the model confirmed, and the outline
+    copies banned (in all, and the promise-using answers with one)."""
     found = {}
-    for key, before in (("outline_terminated", False), ("presence_penalty", 0.0), ("frequency_penalty", 0.0),
+    for key, before in (("outline_terminated", False), ("outline_no_repeat", False), ("presence_penalty", 0.0), ("frequency_penalty", 0.0),
                         ("draft_promises", False), ("draft_tokens", 0)):
         values = {row.get(key, before) for row in rows}
         found[key] = values.pop() if len(values) == 1 else "mixed"
+    # Outline copies the ban took away (DecodeLimits.outline_no_repeat): a decoding constraint, not a guard, but a
+    # place where the model would have repeated an outline item; reported beside the guards, never hidden.
+    found["outline_blocked"] = sum(len(row.get("outline_blocked", [])) for row in rows)
+    found["outline_blocked_forks"] = sum(bool(row.get("outline_blocked")) for row in rows
+                                         if row.get("pasta", {}).get("promises"))
     found["drafted_tokens"] = sum(row.get("drafted", 0) for row in rows)
     found["drafted_plain_tokens"] = sum(row.get("drafted_plain", 0) for row in rows)
     return found

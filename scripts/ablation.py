@@ -135,6 +135,11 @@ DECODING: dict[str, tuple[str, str, list[str]]] = {
                                 "outline with the count 30 the model always writes, each checked in one pass",
                                 "shipped-r17", ["--outline-topics", "--presence-penalty", "0.5", "--draft-promises",
                                                 "--draft-tokens", "30"]),
+    "r17-no-repeat": ("r17-presence-0.5-drafts (r17 as shipped) with outline items that cannot copy an earlier one "
+                      "(DecodeLimits.outline_no_repeat, pasta.outline_bans: the token that would continue a copy is "
+                      "banned, the outline's own no_repeat_ngram_size)", "shipped-r17",
+                      ["--outline-topics", "--presence-penalty", "0.5", "--draft-promises", "--draft-tokens", "30",
+                       "--outline-no-repeat"]),
 }
 # On-policy rows: name -> (what changes, adapter to continue from, data, extra `pasta train sft` arguments, bench
 # decoding arguments: as its starting point was when its data was generated). The data

@@ -71,6 +71,9 @@ def add_outline_topics_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outline-terminated", action=argparse.BooleanOptionalAction, default=None,
                    help="the model ends each outline item with ';' ('Overview: Diet; Sleep;'), which the outline guard "
                         "keeps (default: as the model records in pasta_decoding.json)")
+    p.add_argument("--outline-no-repeat", action=argparse.BooleanOptionalAction, default=None,
+                   help="ban the token that would make an outline item an exact copy of an earlier one (default: as "
+                        "the model records in pasta_decoding.json)")
 
 
 def limits_from_args(args) -> DecodeLimits:

@@ -53,6 +53,7 @@ from .lang import (
     topic_key,
 )
 from .layout import MAIN, Layout, LayoutConfig, StepInputs
+from .outline_bans import outline_copy_bans
 from .penalties import WordPenalty, check_penalty
 from .sampling import RandomStreams, SamplingParams, sample
 from .results import GenerationResult, build_stats
@@ -108,6 +109,12 @@ class DecodeLimits:
     # adds only the blank line, and its length cap cuts the item one past `max_promises_per_sync` when that item is
     # written (a ';' after the last allowed item is no wish for another). None: as the model records; off when unknown.
     outline_terminated: bool | None = None
+    # No repeated outline items (`pasta.outline_bans`): while the main thread writes an outline item that copies an
+    # earlier item of the line token for token, the token that would complete the copy is banned (the outline's own
+    # no_repeat_ngram_size), so the model names another item where it would have repeated one and the outline guard
+    # has nothing to cut. Each ban that took the model's first choice away is counted in `RunStats.outline_blocked`.
+    # None: as the model records; off when unknown. Not applied under teacher forcing or inside a promise draft.
+    outline_no_repeat: bool | None = None
     # Presence and frequency penalties (OpenAI's semantics, in [-2, 2]) on the words a thread has sampled itself
     # (`pasta.penalties`: per thread, tag syntax, numbers and punctuation exempt). None: as the model records (0 when
     # unknown). Not applied under teacher forcing.
@@ -134,7 +141,8 @@ class DecodeLimits:
 
     def resolved(self, model_defaults: dict) -> DecodeLimits:
         """These limits with the fields left None taken from a model's recorded decoding conventions."""
-        unknown = {"outline_topics": False, "outline_terminated": False, "presence_penalty": 0.0,  # recorded by none
+        unknown = {"outline_topics": False, "outline_terminated": False, "outline_no_repeat": False,  # recorded by none
+                   "presence_penalty": 0.0,
                    "frequency_penalty": 0.0, "draft_tokens": 0}
         return replace(self, **{name: type(fallback)(model_defaults.get(name, fallback))
                                 for name, fallback in unknown.items() if getattr(self, name) is None})
@@ -151,8 +159,8 @@ class DecodeLimits:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-DECODING_OPTIONS = ("outline_topics", "outline_terminated", "presence_penalty", "frequency_penalty", "draft_promises",
-                    "draft_tokens")
+DECODING_OPTIONS = ("outline_topics", "outline_terminated", "outline_no_repeat", "presence_penalty", "frequency_penalty",
+                    "draft_promises", "draft_tokens")
 
 
 @dataclass
@@ -264,6 +272,10 @@ class Decoding:
         presence, frequency = self.limits.presence_penalty or 0.0, self.limits.frequency_penalty or 0.0
         self._penalty = WordPenalty(tokenizer, presence, frequency) if (presence or frequency) and not self._teacher \
             else None
+        self._no_repeat = bool(self.limits.outline_no_repeat) and not self._teacher
+        self._token_text: dict[int, str] = {}
+        self.outline_blocked: list[str] = []  # outline copies banned where the model would have written them
+        self._blocked_step = -1
 
     @property
     def forced(self) -> bool:
@@ -443,10 +455,37 @@ class Decoding:
     def penalize(self, logits: torch.Tensor) -> torch.Tensor:
         """The logit rows of the last step with each thread's presence/frequency penalties applied (DecodeLimits;
         `logits` itself when there are none). The sampler chooses from these."""
-        if self._penalty is None or not self._samplers:
+        if (self._penalty is None and not self._no_repeat) or not self._samplers:
             return logits
-        rows = [self._penalty.apply(row, self.threads[index].words) for row, index in zip(logits, self._samplers)]
+        rows = [row if self._penalty is None else self._penalty.apply(row, self.threads[index].words)
+                for row, index in zip(logits, self._samplers)]
+        if self._no_repeat and 0 in self._samplers and self._draft_start is None:  # drafts are promise lines
+            r = self._samplers.index(0)
+            rows[r] = self._ban_outline_copy(self.threads[0], rows[r])
         return torch.stack(rows)
+
+    def _text_of(self, token: int) -> str:
+        text = self._token_text.get(token)
+        if text is None:
+            text = self._token_text[token] = self.tokenizer.decode([token])
+        return text
+
+    def _ban_outline_copy(self, thread: _Thread, row: torch.Tensor) -> torch.Tensor:
+        """`row` with the tokens that would copy an earlier outline item banned (DecodeLimits.outline_no_repeat); a
+        ban that takes away the model's first choice is recorded."""
+        if thread.state != "running" or thread.inject or thread.recognizer.pending:
+            return row
+        banned = outline_copy_bans(thread.tokens[thread.line_start:], self._text_of)
+        if not banned:
+            return row
+        first = int(row.argmax())
+        if first in banned and self._blocked_step != self.steps:
+            self._blocked_step = self.steps
+            self.outline_blocked.append(f"{self._current_line(thread)!r} + {self._text_of(first)!r}")
+        ids = torch.tensor(sorted(banned), dtype=torch.long)
+        row = row.clone()
+        row[ids] = float("-inf")
+        return row
 
     def choose(self, logits: torch.Tensor, params: SamplingParams, streams: RandomStreams | None) -> list[int | None]:
         """The token of each logit row of the last step: penalties applied, each thread drawing from its own stream.

@@ -188,7 +188,7 @@ def _recorded_file(loaded, name: str):
 
 # What pasta_decoding.json may record: DecodeLimits fields a request leaves None take these values.
 DECODING_CONVENTIONS: dict[str, type | tuple[type, ...]] = {
-    "outline_topics": bool, "outline_terminated": bool,
+    "outline_topics": bool, "outline_terminated": bool, "outline_no_repeat": bool,
     "presence_penalty": (int, float), "frequency_penalty": (int, float), "draft_tokens": int}
 
 

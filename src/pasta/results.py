@@ -28,6 +28,7 @@ class RunStats:
     finish_reason: str = "eos"  # eos | length (the request's token cap) | guard (a runtime guard ended it)
     guards: list[str] = field(default_factory=list)  # runtime guards that fired (see DecodeLimits)
     outline_topics_fed: int = 0  # promise topics fed from an outline line (DecodeLimits.outline_topics)
+    outline_blocked: list[str] = field(default_factory=list)  # outline copies banned (DecodeLimits.outline_no_repeat)
     drafted: int = 0  # drafted tokens the model confirmed (DecodeLimits.draft_promises; they took no pass of their own)
     drafts_rejected: int = 0  # promise drafts the model cut short by choosing another token
     drafted_plain: int = 0  # of `drafted`, plain text (list numbers) rather than tag syntax
@@ -70,6 +71,7 @@ def build_stats(decoding: Decoding, wall_s: float, cache_tokens: int) -> RunStat
         finish_reason=decoding.finish_reason,
         guards=list(decoding.guards),
         outline_topics_fed=decoding.outline_topics_fed,
+        outline_blocked=list(getattr(decoding, "outline_blocked", [])),
         drafted=getattr(decoding, "drafted", 0),
         drafts_rejected=getattr(decoding, "draft_rejected", 0),
         drafted_plain=getattr(decoding, "drafted_plain", 0),

@@ -47,7 +47,8 @@ def test_rows_record_the_penalties_and_the_original_decodes_without_them():
     explicit = bench.measure(0, "write words", original, original, DecodeLimits(
         max_new_tokens=30, max_thread_tokens=30, presence_penalty=1.5), sequential=False)
     assert explicit["output"] == row["output"] and explicit["original"]["output"] == alone.text
-    assert bench._decoded_with([row, dict(row)]) == {"outline_terminated": False,
+    assert bench._decoded_with([row, dict(row)]) == {"outline_terminated": False, "outline_no_repeat": False,
+                                                      "outline_blocked": 0, "outline_blocked_forks": 0,
                                                       "presence_penalty": 1.5, "frequency_penalty": 0.0,
                                                       "draft_promises": True, "draft_tokens": 0, "drafted_tokens": 0,
                                                       "drafted_plain_tokens": 0}

@@ -146,7 +146,7 @@ def test_decoding_options_are_read_in_one_place_and_serve_and_eval_expose_them_a
     from pasta.serve.config import ServeConfig
 
     assert set(DECODING_OPTIONS) <= {f.name for f in fields(DecodeLimits)}
-    chosen = {"outline_topics": True, "outline_terminated": True, "presence_penalty": 0.4, "frequency_penalty": 0.2,
+    chosen = {"outline_topics": True, "outline_terminated": True, "outline_no_repeat": True, "presence_penalty": 0.4, "frequency_penalty": 0.2,
               "draft_promises": False, "draft_tokens": 12}
     assert set(chosen) == set(DECODING_OPTIONS)  # a new option: give it a value here
     for config in (ServeConfig(**chosen), EvalConfig(out=str(tmp_path), **chosen)):

@@ -81,6 +81,7 @@ def config_from_args(args) -> EvalConfig:
         top_p=args.top_p, seed=args.seed, sot_skeleton_tokens=args.sot_skeleton_tokens,
         sot_max_points=args.sot_max_points, bootstrap=args.bootstrap, plots=not args.no_plots,
         outline_topics=args.outline_topics, outline_terminated=args.outline_terminated,
+        outline_no_repeat=args.outline_no_repeat,
         presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty, draft_promises=args.draft_promises, draft_tokens=args.draft_tokens,
     )

@@ -68,6 +68,7 @@ class EvalConfig(DecodeSettings):
     plots: bool = True
     outline_topics: bool | None = None  # DecodeLimits.outline_topics (None: as the model records)
     outline_terminated: bool | None = None  # DecodeLimits.outline_terminated (None: as the model records)
+    outline_no_repeat: bool | None = None  # DecodeLimits.outline_no_repeat (None: as the model records)
     presence_penalty: float | None = None  # DecodeLimits (None: as the model records)
     frequency_penalty: float | None = None
     draft_promises: bool = True  # DecodeLimits.draft_promises

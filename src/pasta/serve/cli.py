@@ -58,7 +58,7 @@ def serve_config_from_args(args):
         max_thread_tokens=args.max_thread_tokens, max_threads=args.max_threads, sequential=args.sequential,
         served_model_name=args.served_model_name, prefill_chunk=args.prefill_chunk or None,
         batch_invariant=args.batch_invariant, outline_topics=args.outline_topics,
-        outline_terminated=args.outline_terminated,
+        outline_terminated=args.outline_terminated, outline_no_repeat=args.outline_no_repeat,
         presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
         draft_promises=args.draft_promises, draft_tokens=args.draft_tokens,
     )

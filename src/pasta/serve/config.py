@@ -20,6 +20,7 @@ class ServeConfig:
     max_threads: int = 8  # async chunks of one request decoding at once
     outline_topics: bool | None = None  # DecodeLimits.outline_topics (None: as the model records)
     outline_terminated: bool | None = None  # DecodeLimits.outline_terminated (None: as the model records)
+    outline_no_repeat: bool | None = None  # DecodeLimits.outline_no_repeat (None: as the model records)
     # Penalties for requests that leave them unset (DecodeLimits; None: as the model records).
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
