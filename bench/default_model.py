@@ -100,6 +100,9 @@ def targets(summary: dict) -> dict:
         "reaches_sync": check(p["reaches_sync"], lambda v: v >= 0.95),
         "repeated_topics_share": check(p["repeated_topics_share"], lambda v: v <= 0.05),
         "guards_fired_promise_answers": check(p["guards_fired"], lambda v: v <= 0.10),
+        # The same bound counting a ban of outline_no_repeat as a guard: where it acts, the model would have repeated.
+        "guards_or_outline_blocked_promise_answers": check(
+            summary.get("guarded_or_blocked_forks", 0) / p["n"] if p.get("n") else None, lambda v: v <= 0.10),
         "theoretical_geomean_complete_promise": check(s["theoretical_geomean_complete_promise"], lambda v: v >= 1.5),
         "theoretical_geomean_complete": check(s["theoretical_geomean_complete"], lambda v: v >= 1.15),
         "wall_geomean_complete": check(s["wall_geomean_complete"], lambda v: v >= 1.1),
@@ -189,8 +192,9 @@ def _decoded_with(rows: list[dict]) -> dict:
     # Outline copies the ban took away (DecodeLimits.outline_no_repeat): a decoding constraint, not a guard, but a
     # place where the model would have repeated an outline item; reported beside the guards, never hidden.
     found["outline_blocked"] = sum(len(row.get("outline_blocked", [])) for row in rows)
-    found["outline_blocked_forks"] = sum(bool(row.get("outline_blocked")) for row in rows
-                                         if row.get("pasta", {}).get("promises"))
+    forks = [row for row in rows if row.get("pasta", {}).get("promises")]
+    found["outline_blocked_forks"] = sum(bool(row.get("outline_blocked")) for row in forks)
+    found["guarded_or_blocked_forks"] = sum(bool(row.get("outline_blocked") or row["pasta"]["guards"]) for row in forks)
     found["drafted_tokens"] = sum(row.get("drafted", 0) for row in rows)
     found["drafted_plain_tokens"] = sum(row.get("drafted_plain", 0) for row in rows)
     return found

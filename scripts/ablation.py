@@ -361,16 +361,21 @@ def _f(x, digits=2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def _guards(p: dict) -> str:
+def _guards(p: dict, summary: dict | None = None) -> str:
     """The share of forking answers a guard touched, with its 95% Wilson interval: on ~20 forks a couple of answers
-    either way is chance, and the interval says how much."""
+    either way is chance, and the interval says how much. Where outline bans were on (outline_no_repeat), the forks
+    a guard or a ban touched follow: a ban acts where the model would have repeated itself."""
     from pasta.eval.stats import wilson_interval
 
     if p["guards_fired"] is None or not p["n"]:
         return "-"
     k = round(p["guards_fired"] * p["n"])
     lo, hi = wilson_interval(k, p["n"])
-    return f"{p['guards_fired']:.2f} ({k}/{p['n']}; {lo:.2f}-{hi:.2f})"
+    text = f"{p['guards_fired']:.2f} ({k}/{p['n']}; {lo:.2f}-{hi:.2f})"
+    if (summary or {}).get("outline_no_repeat"):
+        either = summary["guarded_or_blocked_forks"]
+        text += f"; guard or ban {either / p['n']:.2f} ({either}/{p['n']})"
+    return text
 
 
 def table() -> str:
@@ -389,7 +394,7 @@ def table() -> str:
         lines.append(
             f"| {name} | {what} | {_f(s['complete'])} | {_f(s['uses_promise'])} | {_f(p['mean_promises'], 1)} | "
             f"{_f(p['reaches_sync'])} | {_f(p['repeated_topics_share'])} | {_f(p['duplicate_chunks_share'])} | "
-            f"{_guards(p)} | {_f(s['speedup']['theoretical_geomean_complete'])} / "
+            f"{_guards(p, s)} | {_f(s['speedup']['theoretical_geomean_complete'])} / "
             f"{_f(s['speedup']['theoretical_geomean_complete_promise'])} | "
             f"{_f(s['repetition']['pasta_mean'], 3)} |")
     return "\n".join(lines)

@@ -221,3 +221,17 @@ def test_aggregate_shows_single_chunk_forks_and_empty_outline_items():
     assert p["single_chunk"] == pytest.approx(1 / 3) and p["empty_outline_items"] == pytest.approx(2 / 3)
     del rows[2]["annotated"]  # nothing to count from: the share is unknown, not 0
     assert aggregate(rows)["promise_answers"]["empty_outline_items"] is None
+
+
+def test_repeated_outline_items_left_in_the_answer_are_counted():
+    from pasta.eval.answer_stats import repeated_outline_items
+
+    assert repeated_outline_items("Overview: Rake; Hoe; rake.\n") == 1  # topic_key: case does not make it new
+    assert repeated_outline_items("Overview: Rake; Hoe; Rake; Rake;\n") == 2
+    assert repeated_outline_items("Overview: Rake; Rakes.\nOverview: Rake; Hoe.\n") == 0  # per line
+    assert repeated_outline_items("Tools: Rake; Rake.\n") == 0  # not an outline line
+    rows = [_row(0), _row(1), _row(2, promises=0)]
+    rows[0]["annotated"] = 'Overview: A; B; A.\n\n<promise topic="1/2 A"/><async>x</async><sync/>'
+    rows[1]["pasta"]["repeated_outline_items"] = 0
+    rows[2]["annotated"] = "Overview: A; A.\n"  # no promise: not a fork
+    assert aggregate(rows)["promise_answers"]["repeated_outline_items"] == pytest.approx(1 / 2)

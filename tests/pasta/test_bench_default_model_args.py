@@ -49,6 +49,7 @@ def test_rows_record_the_penalties_and_the_original_decodes_without_them():
     assert explicit["output"] == row["output"] and explicit["original"]["output"] == alone.text
     assert bench._decoded_with([row, dict(row)]) == {"outline_terminated": False, "outline_no_repeat": False,
                                                       "outline_blocked": 0, "outline_blocked_forks": 0,
+                                                      "guarded_or_blocked_forks": 0,
                                                       "presence_penalty": 1.5, "frequency_penalty": 0.0,
                                                       "draft_promises": True, "draft_tokens": 0, "drafted_tokens": 0,
                                                       "drafted_plain_tokens": 0}
@@ -67,3 +68,25 @@ def test_worker_shards_split_what_is_left_to_decode():
     assert len(got) == 3 and sorted(i for s in got for i in s if i in left) == left
     assert all(s == list(range(s[0], s[-1] + 1)) for s in got)
     assert shards(chosen, set(chosen), 2) == shards(chosen, set(), 2)  # all done: the workers only re-report
+
+
+def test_outline_bans_count_beside_the_guards_and_in_their_bound():
+    """A fork where the outline ban took the model's first choice is counted (outline_blocked_forks), and the bound
+    that counts bans as guards sees it even where no guard fired; plain answers' bans would not count as forks."""
+    bench = _bench()
+
+    def row(promises, guards=(), blocked=()):
+        return {"pasta": {"promises": promises, "guards": list(guards)}, "outline_blocked": list(blocked)}
+
+    rows = [row(3, blocked=["'Overview: A; ' + 'A'"]), row(2, guards=["outline_done: x"]),
+            row(2, guards=["outline_repeat: y"], blocked=["b", "c"]), row(4), row(0, blocked=["d"])]
+    found = bench._decoded_with(rows)
+    assert (found["outline_blocked"], found["outline_blocked_forks"], found["guarded_or_blocked_forks"]) == (4, 2, 3)
+    summary = {"speedup": {"theoretical_geomean_complete_promise": 1.6, "theoretical_geomean_complete": 1.2,
+                           "wall_geomean_complete": 1.2},
+               "promise_answers": {"n": 4, "reaches_sync": 1.0, "repeated_topics_share": 0.0, "guards_fired": 0.5},
+               "complete": 1.0, "complete_sequential": 1.0, "uses_promise": 0.8, "repetition": {"pasta_mean": 0.1},
+               **found}
+    checked = bench.targets(summary)
+    assert checked["guards_fired_promise_answers"] == {"value": 0.5, "met": False}
+    assert checked["guards_or_outline_blocked_promise_answers"] == {"value": 0.75, "met": False}

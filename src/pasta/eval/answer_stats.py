@@ -14,7 +14,9 @@ A speedup is only worth reporting over answers a user would accept, so each answ
   `</sync>` with which the first default model closed post-sync paragraphs is now a stray closing tag that the
   interpreter drops with a warning, see docs/pasta-lang.md);
 - `empty_outline_items`: items of the main thread's outline lines with nothing in them (`Overview: Add;; Place.`),
-  which the user reads and no guard sees (a model taught not to copy an item escaped to them: row r25);
+  which the user reads and no guard sees (a model taught not to copy an item escaped to them: row r25), and
+  `repeated_outline_items`: items that repeat an earlier item of their line and are left in the answer (the outline
+  guard acts at a ';', so a repeat that ends the line with '.' passes: `Overview: Rake; Hoe; Rake.`);
 - `plain_tokens` and `theoretical_speedup` = (plain tokens + 1) / forward steps: the steps a plain, sequential
   decoder needs for the same text (one per token, plus EOS) over the steps we took. Tags are not counted.
 """
@@ -29,7 +31,7 @@ from difflib import SequenceMatcher
 from ..lang import OUTLINE_PREFIX, Sync, parse, to_structure, topic_key
 
 __all__ = ["AnswerStats", "aggregate", "answer_stats", "empty_outline_items", "leaked_tags", "near_duplicate",
-           "repetition_rate", "word_ngrams"]
+           "repeated_outline_items", "repetition_rate", "word_ngrams"]
 
 _WORD_RE = re.compile(r"\w+(?:['\u2019]\w+)*")
 # Warnings that mean a tag the model wrote had no effect or was removed: the Pasta-Lang was not well formed.
@@ -43,16 +45,32 @@ def leaked_tags(text: str) -> int:
     return len(_LEAKED_TAG_RE.findall(text))
 
 
-def empty_outline_items(main_text: str) -> int:
-    """Empty items in the outline lines of a main thread's text: `Overview: Add;; Place.` has one. The mark that ends
-    the line (`.`, or `;` in a terminated outline, `Overview: Add; Place;`) ends the last item, not a new one."""
-    empty = 0
+def _outline_lines_items(main_text: str) -> list[list[str]]:
+    """The items of each outline line of a main thread's text, empty ones included. The mark that ends the line (`.`,
+    or `;` in a terminated outline, `Overview: Add; Place;`) ends the last item, not a new one."""
+    found = []
     for line in main_text.splitlines():
         if line.startswith(OUTLINE_PREFIX):
             body = line[len(OUTLINE_PREFIX):].rstrip()
             body = body[:-1] if body.endswith((".", ";")) else body
-            empty += sum(not item.strip() for item in body.split(";"))
-    return empty
+            found.append(body.split(";"))
+    return found
+
+
+def empty_outline_items(main_text: str) -> int:
+    """Empty items in the outline lines of a main thread's text: `Overview: Add;; Place.` has one."""
+    return sum(not item.strip() for items in _outline_lines_items(main_text) for item in items)
+
+
+def repeated_outline_items(main_text: str) -> int:
+    """Items of the outline lines of a main thread's text that repeat an earlier item of the same line (`topic_key`):
+    `Overview: Rake; Hoe; Rake.` has one. The outline guard drops a repeat it sees from the answer (a ';' after it),
+    so what is left here is what it did not see - a repeat that ends the line with '.'."""
+    repeats = 0
+    for items in _outline_lines_items(main_text):
+        keys = [topic_key(item) for item in items if item.strip()]
+        repeats += len(keys) - len(set(keys))
+    return repeats
 
 
 def _words(text: str) -> list[str]:
@@ -101,6 +119,7 @@ class AnswerStats:
     steps: int = 0
     theoretical_speedup: float = 1.0
     empty_outline_items: int = 0
+    repeated_outline_items: int = 0  # outline items that repeat an earlier one of their line, left in the answer
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,6 +167,7 @@ def answer_stats(result, tokenizer) -> AnswerStats:
         steps=stats.steps,
         theoretical_speedup=(plain_tokens + 1) / max(1, stats.steps),
         empty_outline_items=empty_outline_items(structure.main_thread_text()),
+        repeated_outline_items=repeated_outline_items(structure.main_thread_text()),
     )
 
 
@@ -178,12 +198,13 @@ def _charged(row: dict) -> float:
     return (stats["plain_tokens"] + 1) / max(1, stats["steps"] + row.get("drafted_plain", 0))
 
 
-def _empty_items(row: dict) -> int | None:
-    """A row's empty outline items: recorded, or counted from its annotated answer (rows from before the field)."""
-    if "empty_outline_items" in row["pasta"]:
-        return row["pasta"]["empty_outline_items"]
+def _outline_count(row: dict, field: str, count) -> int | None:
+    """A row's empty or repeated outline items: recorded, or counted from its annotated answer (rows from before the
+    field), or None when it cannot tell."""
+    if field in row["pasta"]:
+        return row["pasta"][field]
     if isinstance(row.get("annotated"), str):
-        return empty_outline_items(to_structure(row["annotated"]).main_thread_text())
+        return count(to_structure(row["annotated"]).main_thread_text())
     return None
 
 
@@ -207,7 +228,8 @@ def aggregate(rows: list[dict]) -> dict:
     # Every promise the model wrote, refused ones included (older rows have no refused_promises: 0).
     promises = sum(r["pasta"]["promises"] + r["pasta"].get("refused_promises", 0) for r in promised)
     guarded = sum(bool(r["pasta"]["guards"]) for r in promised)
-    empties = [_empty_items(r) for r in promised]  # None: a row that cannot tell
+    empties = [_outline_count(r, "empty_outline_items", empty_outline_items) for r in promised]  # None: cannot tell
+    repeats = [_outline_count(r, "repeated_outline_items", repeated_outline_items) for r in promised]
     out: dict = {
         "prompts": n,
         "complete": _share(sum(bool(r["pasta"]["complete"]) for r in rows), n),
@@ -233,6 +255,8 @@ def aggregate(rows: list[dict]) -> dict:
             "single_chunk": _share(sum(r["pasta"]["promises"] == 1 for r in promised), len(promised)),
             # answers whose outline shows an empty item: a failure the guards do not see (None: rows cannot tell)
             "empty_outline_items": None if None in empties else _share(sum(map(bool, empties)), len(promised)),
+            # ... and whose outline still repeats an item (one that ends the line with '.': the guard acts at ';')
+            "repeated_outline_items": None if None in repeats else _share(sum(map(bool, repeats)), len(promised)),
         },
         "speedup": {
             "n_complete": len(done),
