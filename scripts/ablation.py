@@ -136,7 +136,7 @@ DECODING: dict[str, tuple[str, str, list[str]]] = {
                                 "shipped-r17", ["--outline-topics", "--presence-penalty", "0.5", "--draft-promises",
                                                 "--draft-tokens", "30"]),
     "r17-no-repeat": ("r17-presence-0.5-drafts (r17 as shipped) with outline items that cannot copy an earlier one "
-                      "(DecodeLimits.outline_no_repeat, pasta.outline_bans: the token that would continue a copy is "
+                      "(DecodeLimits.outline_no_repeat, pasta.outline_bans: the token that would complete a copy is "
                       "banned, the outline's own no_repeat_ngram_size)", "shipped-r17",
                       ["--outline-topics", "--presence-penalty", "0.5", "--draft-promises", "--draft-tokens", "30",
                        "--outline-no-repeat"]),
@@ -157,6 +157,8 @@ R25_ROUND = [*R25_SCHEDULE, "--repeat-data", R17_PAIRS]
 R30_DATA = "results/candidates/r30-terminated-outlines/data"
 R30_ROUND_DATA = [f"{R30_DATA}/sft-onpolicy-r17p-terminated.jsonl", f"{R30_DATA}/sft-sampled-r17-terminated.jsonl"]
 R30_PAIRS = f"{R30_DATA}/pairs-r17-all-terminated.jsonl"
+# row r32: r17's answers to the guarded-fork prompts of r24's data, decoded with the outline ban, committed
+R32_BANNED = "results/candidates/r32-unlikelihood-banned/data/sft-banned-r17.jsonl"
 OUTLINED = ["--outline-topics"]  # decoded with outline topics and their guards, as r16 and r17 record
 PENALISED = [*OUTLINED, "--presence-penalty", "0.5"]  # ... and r17's presence penalty (its default since r24)
 ONPOLICY: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
@@ -218,6 +220,14 @@ ONPOLICY: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
                               [*R25_ROUND, "--correction-data", R17_PAIRS,
                                "--correction-kinds", "outline_repeat", "outline_done", "--correction-weight", "1"],
                               PENALISED),
+    "r32-unlikelihood-banned": ("r25 plus r17's own greedy answers to the 211 ShareGPT prompts of r24's data on which "
+                                "it forked and a guard stepped in, decoded again with the outline ban "
+                                "(DecodeLimits.outline_no_repeat) and kept when no guard touched them: where the ban "
+                                "acted, the target is the model's own next choice instead of the copy, beside "
+                                "unlikelihood on the copy", "shipped-r17",
+                                [*R25_ROUND_DATA, R32_BANNED],
+                                [*R25_ROUND, "--no-unlikelihood-empty-items"],
+                                PENALISED),
     "r30-terminated-outlines": ("r26 with terminated outlines ('Overview: Diet; Sleep;': scripts/terminate_outlines.py on "
                                 "its data and r17's pairs), so the decision to end falls on the next item's first token "
                                 "(a newline against the item, a copy included), plus r17's repeats as token corrections "
@@ -373,7 +383,7 @@ def _guards(p: dict, summary: dict | None = None) -> str:
     lo, hi = wilson_interval(k, p["n"])
     text = f"{p['guards_fired']:.2f} ({k}/{p['n']}; {lo:.2f}-{hi:.2f})"
     if (summary or {}).get("outline_no_repeat"):
-        either = summary["guarded_or_blocked_forks"]
+        either = summary.get("guarded_or_blocked_forks", 0)
         text += f"; guard or ban {either / p['n']:.2f} ({either}/{p['n']})"
     return text
 
