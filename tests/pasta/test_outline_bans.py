@@ -102,3 +102,30 @@ def test_teacher_forcing_is_never_banned_and_the_recorded_default_applies():
     forced.next_inputs()
     logits = torch.randn(1, TOK.vocab_size)
     assert forced.penalize(logits) is logits
+
+
+def test_on_the_real_tokenizer_billy_joel_twice_becomes_billy_ray():
+    """SmolLM2's tokenizer: items start with a space-led token (' Billy') after 'Overview:' and after ';'. A model
+    whose first choice spells the outline again and whose second is ' Ray' ends with another item, not a copy."""
+    from pasta.models import load_tokenizer
+
+    tok = load_tokenizer()
+    target = tok.encode("Overview: Billy Joel; Billy Joel.\n", add_special_tokens=False)
+    other, dot, newline = (tok.encode(t, add_special_tokens=False) for t in (" Ray", ".", ".\n"))
+    assert len(other) == 1 and len(dot) == 1
+    eos = tok.eos_token_id
+    decoding = Decoding(tok.encode("q", add_special_tokens=False), tok, eos_ids={eos},
+                        limits=DecodeLimits(outline_no_repeat=True))
+    while not decoding.done:
+        decoding.next_inputs()
+        tokens = decoding.threads[0].tokens
+        logits = torch.zeros(len(decoding.sampler_threads), len(tok))
+        if tokens == target[: len(tokens)] and len(tokens) < len(target):
+            first = target[len(tokens)]
+        else:  # parted from the script: end the line, then the answer
+            first = {other[0]: dot[0], dot[0]: newline[-1]}.get(tokens[-1], eos)
+        logits[0, first] = 2.0
+        logits[0, other[0]] = max(float(logits[0, other[0]]), 1.0)
+        decoding.advance(decoding.choose(logits, SamplingParams(), None))
+    assert decoding.stitch()[1].startswith("Overview: Billy Joel; Billy Ray.")
+    assert decoding.outline_blocked == ["'Overview: Billy Joel; Billy' + ' Joel'"] and decoding.guards == []
