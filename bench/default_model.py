@@ -101,8 +101,7 @@ def targets(summary: dict) -> dict:
         "repeated_topics_share": check(p["repeated_topics_share"], lambda v: v <= 0.05),
         "guards_fired_promise_answers": check(p["guards_fired"], lambda v: v <= 0.10),
         # The same bound counting a ban of outline_no_repeat as a guard: where it acts, the model would have repeated.
-        "guards_or_outline_blocked_promise_answers": check(
-            summary.get("guarded_or_blocked_forks", 0) / p["n"] if p.get("n") else None, lambda v: v <= 0.10),
+        "guards_or_outline_blocked_promise_answers": check(p.get("guards_or_outline_blocked"), lambda v: v <= 0.10),
         "theoretical_geomean_complete_promise": check(s["theoretical_geomean_complete_promise"], lambda v: v >= 1.5),
         "theoretical_geomean_complete": check(s["theoretical_geomean_complete"], lambda v: v >= 1.15),
         "wall_geomean_complete": check(s["wall_geomean_complete"], lambda v: v >= 1.1),
@@ -183,18 +182,15 @@ def _report(args, model_name: str, rows: list[dict]) -> int:
 def _decoded_with(rows: list[dict]) -> dict:
     """The presence/frequency penalties and promise drafts the answers were decoded with: one value each, or 'mixed'
     (rows written before these existed had none: 0, off), the drafted tokens the model confirmed, and the outline
-    copies banned (in all, and the promise-using answers with one)."""
+    copies banned."""
     found = {}
     for key, before in (("outline_terminated", False), ("outline_no_repeat", False), ("presence_penalty", 0.0), ("frequency_penalty", 0.0),
                         ("draft_promises", False), ("draft_tokens", 0)):
         values = {row.get(key, before) for row in rows}
         found[key] = values.pop() if len(values) == 1 else "mixed"
-    # Outline copies the ban took away (DecodeLimits.outline_no_repeat): a decoding constraint, not a guard, but a
-    # place where the model would have repeated an outline item; reported beside the guards, never hidden.
+    # Outline copies the ban took away (DecodeLimits.outline_no_repeat), in all; the forks they touched are in
+    # promise_answers (outline_blocked, guards_or_outline_blocked).
     found["outline_blocked"] = sum(len(row.get("outline_blocked", [])) for row in rows)
-    forks = [row for row in rows if row.get("pasta", {}).get("promises")]
-    found["outline_blocked_forks"] = sum(bool(row.get("outline_blocked")) for row in forks)
-    found["guarded_or_blocked_forks"] = sum(bool(row.get("outline_blocked") or row["pasta"]["guards"]) for row in forks)
     found["drafted_tokens"] = sum(row.get("drafted", 0) for row in rows)
     found["drafted_plain_tokens"] = sum(row.get("drafted_plain", 0) for row in rows)
     return found

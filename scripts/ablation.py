@@ -383,8 +383,8 @@ def _guards(p: dict, summary: dict | None = None) -> str:
     lo, hi = wilson_interval(k, p["n"])
     text = f"{p['guards_fired']:.2f} ({k}/{p['n']}; {lo:.2f}-{hi:.2f})"
     if (summary or {}).get("outline_no_repeat"):
-        either = summary.get("guarded_or_blocked_forks", 0)
-        text += f"; guard or ban {either / p['n']:.2f} ({either}/{p['n']})"
+        either = round(p["guards_or_outline_blocked"] * p["n"])
+        text += f"; guard or ban {p['guards_or_outline_blocked']:.2f} ({either}/{p['n']})"
     return text
 
 

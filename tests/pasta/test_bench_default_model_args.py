@@ -48,8 +48,7 @@ def test_rows_record_the_penalties_and_the_original_decodes_without_them():
         max_new_tokens=30, max_thread_tokens=30, presence_penalty=1.5), sequential=False)
     assert explicit["output"] == row["output"] and explicit["original"]["output"] == alone.text
     assert bench._decoded_with([row, dict(row)]) == {"outline_terminated": False, "outline_no_repeat": False,
-                                                      "outline_blocked": 0, "outline_blocked_forks": 0,
-                                                      "guarded_or_blocked_forks": 0,
+                                                      "outline_blocked": 0,
                                                       "presence_penalty": 1.5, "frequency_penalty": 0.0,
                                                       "draft_promises": True, "draft_tokens": 0, "drafted_tokens": 0,
                                                       "drafted_plain_tokens": 0}
@@ -71,22 +70,29 @@ def test_worker_shards_split_what_is_left_to_decode():
 
 
 def test_outline_bans_count_beside_the_guards_and_in_their_bound():
-    """A fork where the outline ban took the model's first choice is counted (outline_blocked_forks), and the bound
-    that counts bans as guards sees it even where no guard fired; plain answers' bans would not count as forks."""
+    """A fork where the outline ban took the model's first choice is counted (promise_answers.outline_blocked), and
+    the bound that counts bans as guards sees it even where no guard fired; a plain answer's ban is no fork's."""
+    from pasta.eval.answer_stats import aggregate
+
     bench = _bench()
 
-    def row(promises, guards=(), blocked=()):
-        return {"pasta": {"promises": promises, "guards": list(guards)}, "outline_blocked": list(blocked)}
+    def row(index, promises, guards=(), blocked=()):
+        stats = {"complete": True, "finish_reason": "eos", "promises": promises, "guards": list(guards),
+                 "reaches_sync": True,
+                 "repeated_topics": 0, "duplicate_chunks": 0, "well_formed": True, "distinct_topics": promises,
+                 "theoretical_speedup": 1.5, "repetition": 0.1, "plain_tokens": 10, "steps": 8,
+                 "empty_outline_items": 0, "repeated_outline_items": 0}
+        return {"id": str(index), "pasta": stats, "outline_blocked": list(blocked)}  # bans listed as bench rows do
 
-    rows = [row(3, blocked=["'Overview: A; ' + 'A'"]), row(2, guards=["outline_done: x"]),
-            row(2, guards=["outline_repeat: y"], blocked=["b", "c"]), row(4), row(0, blocked=["d"])]
-    found = bench._decoded_with(rows)
-    assert (found["outline_blocked"], found["outline_blocked_forks"], found["guarded_or_blocked_forks"]) == (4, 2, 3)
-    summary = {"speedup": {"theoretical_geomean_complete_promise": 1.6, "theoretical_geomean_complete": 1.2,
-                           "wall_geomean_complete": 1.2},
-               "promise_answers": {"n": 4, "reaches_sync": 1.0, "repeated_topics_share": 0.0, "guards_fired": 0.5},
-               "complete": 1.0, "complete_sequential": 1.0, "uses_promise": 0.8, "repetition": {"pasta_mean": 0.1},
-               **found}
+    rows = [row(0, 3, blocked=["'Overview: A; ' + 'A'", "e"]), row(1, 2, guards=["outline_done: x"]),
+            row(2, 2, guards=["outline_repeat: y"], blocked=["b", "c"]), row(3, 4), row(4, 0, blocked=["d"])]
+    rows[3]["pasta"]["outline_blocked"] = 3  # ... or count them in their stats (pasta.eval answer stats)
+    rows.append(row(5, 2))
+    summary = {**bench._decoded_with(rows), **aggregate(rows)}
+    p = summary["promise_answers"]
+    assert summary["outline_blocked"] == 5  # every ban listed, the plain answer's too
+    # forks counted once however many bans they had: 3 of 5 banned, 4 of 5 banned or guarded
+    assert (p["n"], p["guards_fired"], p["outline_blocked"], p["guards_or_outline_blocked"]) == (5, 0.4, 0.6, 0.8)
     checked = bench.targets(summary)
-    assert checked["guards_fired_promise_answers"] == {"value": 0.5, "met": False}
-    assert checked["guards_or_outline_blocked_promise_answers"] == {"value": 0.75, "met": False}
+    assert checked["guards_fired_promise_answers"] == {"value": 0.4, "met": False}
+    assert checked["guards_or_outline_blocked_promise_answers"] == {"value": 0.8, "met": False}

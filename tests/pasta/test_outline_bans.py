@@ -87,6 +87,9 @@ def test_a_looping_outline_names_a_new_item_instead():
     assert banned_run.stitch()[1] == "Overview: ab; ax.\n"
     assert banned_run.outline_blocked == ["'Overview: ab; a' + 'b'"]
     assert banned_run.result(0.0).stats.outline_blocked == banned_run.outline_blocked
+    from pasta.eval.answer_stats import answer_stats
+
+    assert answer_stats(banned_run.result(0.0), TOK).outline_blocked == 1  # pasta eval's rows count it too
     sequential = _greedy_loop(DecodeLimits(outline_no_repeat=True), mode="sequential")
     assert sequential.stitch()[1] == banned_run.stitch()[1]  # the ban reads the main thread alone: same answer
 

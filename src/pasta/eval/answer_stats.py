@@ -120,6 +120,7 @@ class AnswerStats:
     theoretical_speedup: float = 1.0
     empty_outline_items: int = 0
     repeated_outline_items: int = 0  # outline items that repeat an earlier one of their line, left in the answer
+    outline_blocked: int = 0  # outline bans that took the model's first choice (DecodeLimits.outline_no_repeat)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,6 +169,7 @@ def answer_stats(result, tokenizer) -> AnswerStats:
         theoretical_speedup=(plain_tokens + 1) / max(1, stats.steps),
         empty_outline_items=empty_outline_items(structure.main_thread_text()),
         repeated_outline_items=repeated_outline_items(structure.main_thread_text()),
+        outline_blocked=len(getattr(stats, "outline_blocked", [])),
     )
 
 
@@ -208,6 +210,13 @@ def _outline_count(row: dict, field: str, count) -> int | None:
     return None
 
 
+def _blocked(row: dict) -> int:
+    """A row's outline bans: recorded in its stats, or listed beside them (bench rows of 2026-12-06), else none."""
+    if "outline_blocked" in row["pasta"]:
+        return row["pasta"]["outline_blocked"]
+    return len(row.get("outline_blocked") or [])
+
+
 def aggregate(rows: list[dict]) -> dict:
     """Aggregates over per-prompt rows: {"id", "pasta": AnswerStats dict, "sequential_complete": bool | None,
     "wall_speedup": float | None, optional "original": {"complete", "repetition", "plain_tokens", "wall_s"},
@@ -228,6 +237,7 @@ def aggregate(rows: list[dict]) -> dict:
     # Every promise the model wrote, refused ones included (older rows have no refused_promises: 0).
     promises = sum(r["pasta"]["promises"] + r["pasta"].get("refused_promises", 0) for r in promised)
     guarded = sum(bool(r["pasta"]["guards"]) for r in promised)
+    blocked = [_blocked(r) for r in promised]
     empties = [_outline_count(r, "empty_outline_items", empty_outline_items) for r in promised]  # None: cannot tell
     repeats = [_outline_count(r, "repeated_outline_items", repeated_outline_items) for r in promised]
     out: dict = {
@@ -249,6 +259,11 @@ def aggregate(rows: list[dict]) -> dict:
             "guards_fired": _share(guarded, len(promised)),
             # how far that share can move by chance on this many forking answers (Wilson, 95%)
             "guards_fired_ci95": _wilson(guarded, len(promised)),
+            # where the outline ban (DecodeLimits.outline_no_repeat) took the model's first choice: the model would
+            # have repeated an item; read beside the guards, and with them (a ban is a guard that acts earlier)
+            "outline_blocked": _share(sum(map(bool, blocked)), len(promised)),
+            "guards_or_outline_blocked": _share(sum(bool(r["pasta"]["guards"] or b) for r, b in zip(promised, blocked)),
+                                                len(promised)),
             "mean_promises": _mean([r["pasta"]["promises"] for r in promised]),
             "mean_distinct_topics": _mean([r["pasta"]["distinct_topics"] for r in promised]),
             # forks of one chunk save nothing (an outline of one idea, most often with a guard after it)

@@ -97,7 +97,8 @@ def markdown_report(summary: dict, rows: list[dict], compare: list[tuple[str, di
             f"guards fired: {_fmt(answers['guards_fired'])}",
             f"- answers with promises ({p['n']}): reaches sync {_fmt(p['reaches_sync'])}, repeated topics "
             f"{_fmt(p['repeated_topics_share'])} of promises, near-duplicate chunks {_fmt(p['duplicate_chunks_share'])}, "
-            f"mean promises {_fmt(p['mean_promises'], 1)}",
+            f"mean promises {_fmt(p['mean_promises'], 1)}, guards fired {_fmt(p['guards_fired'])}, a guard or an outline "
+            f"ban {_fmt(p.get('guards_or_outline_blocked'))}",
             f"- speedups over complete answers only: theoretical {_fmt(sp['theoretical_geomean_complete'])}x "
             f"(promise-using: {_fmt(sp['theoretical_geomean_complete_promise'])}x), wall "
             f"{_fmt(sp['wall_geomean_complete'])}x (n = {sp['n_complete']})",
