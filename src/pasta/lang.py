@@ -30,6 +30,7 @@ __all__ = [
     "OUTLINE_PREFIX",
     "outline_line",
     "last_outline",
+    "outline_lines",
     "terminated_outlines",
     "has_terminated_outline",
     "is_outlined",
@@ -252,6 +253,18 @@ def last_outline(text: str) -> tuple[list[str], int] | None:
         return None
     items = [item.strip() for item in found.group(1).split(";")]
     return [item for item in items if item], found.end()
+
+
+def outline_lines(main_text: str) -> list[list[str]]:
+    """The items of each outline line of a main thread's text, as written (unstripped, empty ones kept): the mark that
+    ends the line (`.`, or `;` in a terminated outline, `Overview: Add; Place;`) ends the last item, not a new one.
+    The one splitter of the answer statistics and the on-policy filters."""
+    found = []
+    for line in main_text.splitlines():
+        if line.startswith(OUTLINE_PREFIX):
+            body = line[len(OUTLINE_PREFIX):].rstrip()
+            found.append((body[:-1] if body.endswith((".", ";")) else body).split(";"))
+    return found
 
 
 def is_outlined(annotated: str) -> bool:

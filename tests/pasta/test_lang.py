@@ -562,3 +562,10 @@ def test_terminated_outlines_end_each_item_with_a_semicolon():
         assert last_outline(form.split("\n1.")[0] + "\n")[0] == ["Dr. Who", "St. Ives"]
     assert has_terminated_outline(terminated_outlines(text)) and not has_terminated_outline(text)
     assert terminated_outlines("Overview: A; B\nno dot") == "Overview: A; B\nno dot"  # nothing to end
+
+
+def test_outline_lines_keep_items_as_written_and_the_end_mark_ends_the_last():
+    from pasta.lang import outline_lines
+
+    text = "Intro.\nOverview: Diet;; Sleep.\nOverview: A; B;\nNote: x; y.\nOverview: Walk  "
+    assert outline_lines(text) == [["Diet", "", " Sleep"], ["A", " B"], ["Walk"]]

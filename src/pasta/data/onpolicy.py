@@ -22,7 +22,7 @@ from pathlib import Path
 from .distill import DistillStats, pending_prompts
 from ..eval.answer_stats import answer_stats, near_duplicate, word_ngrams
 from ..jsonl import append_jsonl, done_keys, jsonl_lines
-from ..lang import OUTLINE_PREFIX, Chunk, SyncMark, is_valid, to_structure, topic_key
+from ..lang import Chunk, SyncMark, is_valid, outline_lines, to_structure, topic_key
 from ..sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -120,13 +120,8 @@ def copies_a_chunk(annotated: str, n: int = 8) -> bool:
 
 def outline_items(annotated: str) -> list[list[str]]:
     """The items of every outline line the main thread wrote (`Overview: Diet; Sleep.` -> ["Diet", "Sleep"])."""
-    main = to_structure(annotated).main_thread_text()
-    outlines = []
-    for line in main.splitlines():
-        if line.startswith(OUTLINE_PREFIX):
-            body = line[len(OUTLINE_PREFIX):].strip().removesuffix(".")
-            outlines.append([item.strip() for item in body.split(";") if item.strip()])
-    return outlines
+    return [[item.strip() for item in items if item.strip()]
+            for items in outline_lines(to_structure(annotated).main_thread_text())]
 
 
 STRAY_SYNC_CLOSE = "</sync>"

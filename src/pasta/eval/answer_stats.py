@@ -28,7 +28,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from difflib import SequenceMatcher
 
-from ..lang import OUTLINE_PREFIX, Sync, parse, to_structure, topic_key
+from ..lang import Sync, outline_lines, parse, to_structure, topic_key
 
 __all__ = ["AnswerStats", "aggregate", "answer_stats", "empty_outline_items", "leaked_tags", "near_duplicate",
            "repeated_outline_items", "repetition_rate", "word_ngrams"]
@@ -45,21 +45,9 @@ def leaked_tags(text: str) -> int:
     return len(_LEAKED_TAG_RE.findall(text))
 
 
-def _outline_lines_items(main_text: str) -> list[list[str]]:
-    """The items of each outline line of a main thread's text, empty ones included. The mark that ends the line (`.`,
-    or `;` in a terminated outline, `Overview: Add; Place;`) ends the last item, not a new one."""
-    found = []
-    for line in main_text.splitlines():
-        if line.startswith(OUTLINE_PREFIX):
-            body = line[len(OUTLINE_PREFIX):].rstrip()
-            body = body[:-1] if body.endswith((".", ";")) else body
-            found.append(body.split(";"))
-    return found
-
-
 def empty_outline_items(main_text: str) -> int:
     """Empty items in the outline lines of a main thread's text: `Overview: Add;; Place.` has one."""
-    return sum(not item.strip() for items in _outline_lines_items(main_text) for item in items)
+    return sum(not item.strip() for items in outline_lines(main_text) for item in items)
 
 
 def repeated_outline_items(main_text: str) -> int:
@@ -67,7 +55,7 @@ def repeated_outline_items(main_text: str) -> int:
     `Overview: Rake; Hoe; Rake.` has one. The outline guard drops a repeat it sees from the answer (a ';' after it),
     so what is left here is what it did not see - a repeat that ends the line with '.'."""
     repeats = 0
-    for items in _outline_lines_items(main_text):
+    for items in outline_lines(main_text):
         keys = [topic_key(item) for item in items if item.strip()]
         repeats += len(keys) - len(set(keys))
     return repeats
