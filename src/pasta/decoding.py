@@ -250,7 +250,7 @@ class Decoding:
         self._last_count: tuple[int, int] | None = None
         self._last_outline_fed = 0
         self._draft_start: int | None = None  # logit row of the main thread's pending token when a draft rides on it
-        self._newline: dict[int, bool] = {}
+        self._token_text: dict[int, str] = {}  # token -> its text alone (newlines, ';' and outline items read it)
         self.drafted = 0  # drafted tokens the model confirmed (sampled ones; the fed syntax among them not counted)
         self.draft_rejected = 0  # drafts cut short by a token the model chose otherwise
         self.last_draft_accepted = 0  # drafted tokens (fed syntax included) the last draft kept
@@ -268,12 +268,10 @@ class Decoding:
         self._main_idle_sync = False  # the main thread's last tag was a <sync/>, with no text since
         self._outline_guard = bool(self.limits.outline_topics) and not self._teacher
         self._past_outline = False  # the promise being opened comes after the outline's last item (outline_done)
-        self._semicolon_text: dict[int, str | None] = {}  # token -> its text before a ';', None without (outline guard)
         presence, frequency = self.limits.presence_penalty or 0.0, self.limits.frequency_penalty or 0.0
         self._penalty = WordPenalty(tokenizer, presence, frequency) if (presence or frequency) and not self._teacher \
             else None
         self._no_repeat = bool(self.limits.outline_no_repeat) and not self._teacher
-        self._token_text: dict[int, str] = {}
         self.outline_blocked: list[str] = []  # outline copies banned where the model would have written them
         self._blocked_step = -1
 
@@ -646,9 +644,7 @@ class Decoding:
         return None
 
     def _ends_line(self, token: int) -> bool:
-        if token not in self._newline:
-            self._newline[token] = self.tokenizer.decode([token]).endswith("\n")
-        return self._newline[token]
+        return self._text_of(token).endswith("\n")
 
     def _accept_draft(self, thread: _Thread, chosen: list[int | None]) -> int | None:
         """Take the drafted tokens the model confirmed (`chosen[i]` is its choice at the row that predicts draft[i])
@@ -731,10 +727,8 @@ class Decoding:
     def _outline_cut(self, thread: _Thread, token: int) -> int:
         """The outline guard (DecodeLimits.outline_topics): `token` as sampled, or the first token of '.' + blank line
         (the rest injected) when it ends an outline item that repeats an earlier one or is one item too many."""
-        if token not in self._semicolon_text:
-            text = self.tokenizer.decode([token])
-            self._semicolon_text[token] = text[: text.index(";")] if ";" in text else None
-        before = self._semicolon_text[token]  # the token's text before its ';'
+        text = self._text_of(token)
+        before = text[: text.index(";")] if ";" in text else None  # the token's text before its ';'
         if before is None or thread.recognizer.pending:
             return token
         line = self._current_line(thread)

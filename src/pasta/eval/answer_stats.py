@@ -120,6 +120,7 @@ def answer_stats(result, tokenizer) -> AnswerStats:
     # The main thread's promises: a tag the model wrote inside a chunk was ignored (it stays in `annotated` as
     # text) and forks nothing, so it is not a promise.
     structure = to_structure(result.annotated)
+    main_text = structure.main_thread_text()
     chunks = structure.chunks
     promises = [c for c in chunks if c.promise_raw]
     keys = [topic_key(c.topic) for c in promises]
@@ -128,7 +129,7 @@ def answer_stats(result, tokenizer) -> AnswerStats:
     if promises:
         # Every chunk finished (none cut by a budget), and the main thread joined them: at a <sync/>, or at EOS.
         closed = all(t.close_reason in ("closed", "eos", "guard") for t in stats.timeline[1:])
-        synced = any(isinstance(e, Sync) for e in parse(structure.main_thread_text()))
+        synced = any(isinstance(e, Sync) for e in parse(main_text))
         reaches_sync = closed and (synced or stats.finish_reason == "eos")
     else:
         reaches_sync = None
@@ -155,8 +156,8 @@ def answer_stats(result, tokenizer) -> AnswerStats:
         plain_tokens=plain_tokens,
         steps=stats.steps,
         theoretical_speedup=(plain_tokens + 1) / max(1, stats.steps),
-        empty_outline_items=empty_outline_items(structure.main_thread_text()),
-        repeated_outline_items=repeated_outline_items(structure.main_thread_text()),
+        empty_outline_items=empty_outline_items(main_text),
+        repeated_outline_items=repeated_outline_items(main_text),
         outline_blocked=len(getattr(stats, "outline_blocked", [])),
     )
 
