@@ -39,19 +39,15 @@ from .lang import (
     AsyncClose,
     AsyncOpen,
     MAX_TOKENS,
-    OUTLINE_PREFIX,
     Promise,
     Recognizer,
     StrayClose,
     Sync,
     Text,
-    counted_topic,
-    escape_attr,
-    last_outline,
     render,
     topic_count,
-    topic_key,
 )
+from .guards import PROMISE_MARK, PromiseGuards, outline_cut, outline_topic_rest, trailing_marker_start
 from .layout import MAIN, Layout, LayoutConfig, StepInputs
 from .outline_bans import outline_copy_bans
 from .penalties import WordPenalty, check_penalty
@@ -260,14 +256,8 @@ class Decoding:
         self.sync_ids = encode_piece(tokenizer, SYNC)
         self._jump_rules = _jump_rules(tokenizer) if self.limits.jump_forward and not self._teacher else []
         self.outline_topics_fed = 0  # promises whose topic was fed from an outline line (DecodeLimits.outline_topics)
-        self._topics: set[str] = set()
-        self._promises = 0
-        self._since_sync = 0
-        self._finished_counts: set[int] = set()  # totals N of counted lists that reached "N/N" since the last sync
-        self._refused_in_a_row = 0
-        self._main_idle_sync = False  # the main thread's last tag was a <sync/>, with no text since
+        self._book = PromiseGuards(self.limits)  # the guards' bookkeeping (pasta.guards, shared with the remote backend)
         self._outline_guard = bool(self.limits.outline_topics) and not self._teacher
-        self._past_outline = False  # the promise being opened comes after the outline's last item (outline_done)
         presence, frequency = self.limits.presence_penalty or 0.0, self.limits.frequency_penalty or 0.0
         self._penalty = WordPenalty(tokenizer, presence, frequency) if (presence or frequency) and not self._teacher \
             else None
@@ -600,7 +590,7 @@ class Decoding:
             prefix = encode_piece(self.tokenizer, str(number)) + tokens[digits:first_fed]
             if topic_fed and True not in fed[run_end:]:
                 tail = tokens[run_end:]  # the token count and the tag's end, as the model wrote them last time
-        elif self._since_sync == 0 and self.limits.outline_topics and self._opening_rule is not None:
+        elif self._book.since_sync == 0 and self.limits.outline_topics and self._opening_rule is not None:
             rule = self._opening_rule
             prefix = [t for piece in ("1", ".", " ") for t in encode_piece(self.tokenizer, piece)] + rule.ids[: rule.commits]
             if self.limits.draft_tokens:
@@ -684,7 +674,7 @@ class Decoding:
         its last sync names a j-th item; [] otherwise (or when the tokenizer would split the tag differently)."""
         ids, past = self._outline_rest(thread, opening)
         if past:
-            self._past_outline = True
+            self._book.past_outline = True
         elif ids:
             self.outline_topics_fed += 1
         return ids
@@ -697,62 +687,30 @@ class Decoding:
             if isinstance(event, Text):
                 text.append(event.text)
             elif isinstance(event, (Promise, _Refused)) and event.raw.startswith("<promise"):
-                text.append("\0")  # a promise written after the outline: one item used
-        joined = "".join(text)
-        found = last_outline(joined)
+                text.append(PROMISE_MARK)  # a promise written after the outline: one item used
+        found = outline_topic_rest("".join(text), self._outline_guard)
         if found is None:
             return [], False
-        items, end = found
-        distinct: dict[str, str] = {}
-        for item in items:
-            distinct.setdefault(topic_key(item), item)  # a repeated item is fed once
-        items = list(distinct.values())
-        j = joined.count("\0", end) + 1
-        past = j > len(items)
-        if past and not self._outline_guard:
-            return [], False
-        if past:
-            # Every item has its promise: a further one would repeat an item or invent one past the plan (on the
-            # report set, 23 of 24 repeated topics were such promises, after an outline guard cut the list). The
-            # tag is closed here with its count alone and refused at once (guard outline_done, a forced <sync/>),
-            # instead of sampling a topic and a token count only to refuse them.
-            rest = f'{j}/{len(items)}" tokens="1"/>'
-        else:
-            rest = f'{counted_topic(escape_attr(items[j - 1]), j, len(items))}" tokens="'
+        rest, past = found
         ids = encode_piece(self.tokenizer, rest)
         if encode_piece(self.tokenizer, opening.texts[-1] + rest) != opening.ids + ids:
             return [], False
         return ids, past
 
     def _outline_cut(self, thread: _Thread, token: int) -> int:
-        """The outline guard (DecodeLimits.outline_topics): `token` as sampled, or the first token of '.' + blank line
-        (the rest injected) when it ends an outline item that repeats an earlier one or is one item too many."""
+        """The outline guard (DecodeLimits.outline_topics, `pasta.guards.outline_cut`): `token` as sampled, or the first
+        token of what the guard writes instead (the rest injected) when it ends an outline item that repeats an earlier
+        one or is one item too many."""
         text = self._text_of(token)
         before = text[: text.index(";")] if ";" in text else None  # the token's text before its ';'
         if before is None or thread.recognizer.pending:
             return token
-        line = self._current_line(thread)
-        if not line.startswith(OUTLINE_PREFIX):
+        cut = outline_cut(self._current_line(thread), before, self.limits)
+        if cut is None:
             return token
-        *earlier, item = (line[len(OUTLINE_PREFIX):] + before).split(";")
-        seen = {topic_key(i) for i in earlier} - {""}
-        terminated = bool(self.limits.outline_terminated)
-        repeats = topic_key(item) in seen
-        # '.'-ended, a ';' after the cap-th item asks for one more; terminated, every item ends with ';'
-        too_long = len(earlier) + (0 if terminated else 1) >= self.limits.max_promises_per_sync
-        if not (repeats or too_long):
-            return token
-        if terminated:  # "Overview: Diet; Sleep; Sleep;" -> "Overview: Diet; Sleep;" + blank line (the ';' stays)
-            self._drop_text_tail(thread, len(line) - line.rindex(";") - 1)
-            end = "\n\n"
-        elif repeats:  # "Overview: Diet; Sleep; Sleep;" -> "Overview: Diet; Sleep." + blank line
-            self._drop_text_tail(thread, len(line) - line.rindex(";"))
-            end = ".\n\n"
-        else:  # the cap-th item is kept, ended by '.'
-            end = before + ".\n\n"
-        self.guards.append(f"outline_repeat: outline item {item.strip()!r} repeats; outline ended" if repeats
-                           else f"outline_long: outline reached {len(earlier) + 1} items; outline ended")
-        ids = encode_piece(self.tokenizer, end)
+        self._drop_text_tail(thread, cut.drop)
+        self.guards.append(cut.note)
+        ids = encode_piece(self.tokenizer, cut.end)
         thread.inject = ids[1:]
         return ids[0]
 
@@ -790,19 +748,19 @@ class Decoding:
     def _on_event(self, thread: _Thread, event, token: int) -> None:
         thread.events.append(event)
         if isinstance(event, Text):
-            if thread.kind == "main" and not _MARKER_ONLY.fullmatch(event.text):
-                self._main_idle_sync = False
+            if thread.kind == "main":
+                self._book.on_text(event.text)
             return
         if isinstance(event, StrayClose):  # "</sync>": markup that means nothing; the user must not see it
             self._ignore(thread, event, "closes nothing (Pasta-Lang has no such tag); dropped from the answer")
             return
         if thread.kind == "main":
             if isinstance(event, Promise):
-                refusal = None if self._teacher else self._refusal(event)
+                refusal = None if self._teacher else self._book.refusal(event)
                 if refusal is not None:
                     self._refuse(thread, event, refusal)
                     return
-                self._accept(event)
+                self._book.accept(event)
                 thread.forks.append(event)
                 self._main_markers.append(("fork", self._main_passes, len(self.threads) + len(thread.forks) - 1))
                 self._last_count = topic_count(event.topic)
@@ -811,17 +769,14 @@ class Decoding:
                 self._last_outline_fed = 0
                 return
             if isinstance(event, Sync):
-                idle = not self.layout.outstanding and not thread.forks
-                if idle and self._main_idle_sync and not self._teacher:
+                outstanding = bool(self.layout.outstanding or thread.forks)
+                if self._book.on_sync(outstanding=outstanding, guarded=not self._teacher):
                     # <sync/> again with nothing to wait for and nothing written since: a loop, not an answer.
                     thread.events[-1] = _Refused(event.raw)
                     self.guards.append("idle_sync: <sync/> repeated with nothing outstanding; main thread ended")
                     self._end_thread(thread, "guard")
                     return
-                self._main_idle_sync = True
                 thread.state = "waiting"
-                self._since_sync = 0
-                self._finished_counts.clear()
                 self._main_markers.append(("sync", self._main_passes, 0))
                 self._last_count = None
                 return
@@ -847,42 +802,17 @@ class Decoding:
             self._ignore(thread, event, "is not valid inside a chunk")
 
     # -- runtime guards (DecodeLimits) ------------------------------------------------------------------------
-    def _refusal(self, promise: Promise) -> str | None:
-        limits = self.limits
-        if self._past_outline:
-            self._past_outline = False
-            return "outline_done"
-        if limits.refuse_repeated_topics and topic_key(promise.topic) in self._topics:
-            return "repeated_topic"
-        if limits.refuse_count_overrun and (count := topic_count(promise.topic)) and count[1] in self._finished_counts:
-            return "count_overrun"
-        if self._promises >= limits.max_promises:
-            return "max_promises"
-        if self._since_sync >= limits.max_promises_per_sync:
-            return "max_promises_per_sync"
-        return None
-
-    def _accept(self, promise: Promise) -> None:
-        self._topics.add(topic_key(promise.topic))
-        if (count := topic_count(promise.topic)) and count[0] >= count[1]:
-            self._finished_counts.add(count[1])
-        self._promises += 1
-        self._since_sync += 1
-        self._refused_in_a_row = 0
-        self._main_idle_sync = False
-
     def _refuse(self, thread: _Thread, promise: Promise, reason: str) -> None:
         """No chunk for this promise: its tag leaves the answer, and the main thread syncs (or, refused twice in a
         row, ends)."""
         thread.events[-1] = _Refused(promise.raw)
         self._trim_list_marker(thread)
-        self._refused_in_a_row += 1
-        if self._refused_in_a_row >= 2:
-            self.guards.append(f"{reason}: {promise.raw}; main thread ended")
+        ended = self._book.refuse()
+        self.guards.append(PromiseGuards.guard_note(reason, promise.raw, ended))
+        if ended:
             self._end_thread(thread, "guard")
-            return
-        self.guards.append(f"{reason}: {promise.raw}; forced <sync/>")
-        thread.inject = list(self.sync_ids)
+        else:
+            thread.inject = list(self.sync_ids)
 
     def _trim_list_marker(self, thread: _Thread) -> None:
         """A list marker the main thread wrote for the refused promise ("7. ", "- ") would dangle in the answer:
@@ -892,10 +822,10 @@ class Decoding:
         while k > 0 and isinstance(thread.events[k - 1], Text):
             k -= 1
             tail = thread.events[k].text + tail
-        m = _TRAILING_MARKER.search(tail)
-        if not m or not m.group(1):
+        start = trailing_marker_start(tail)
+        if start is None:
             return
-        keep = tail[: m.start(1)]
+        keep = tail[:start]
         thread.events[k : len(thread.events) - 1] = [Text(keep)] if keep else []
 
     def _ignore(self, thread: _Thread, event, why: str) -> None:
@@ -1044,8 +974,6 @@ def _jump_rules(tokenizer) -> list[_JumpRule]:
 
 
 # Text that is only list numbering and whitespace ("\n3. ", "- "): writing it between two syncs is no progress.
-_MARKER_ONLY = re.compile(r"[\s\d.)*+\-\u2022]*")
-_TRAILING_MARKER = re.compile(r"(?:^|\n)[ \t]*((?:\d{1,3}[.)]|[-*+\u2022])[ \t]*)$")
 
 
 class _Ignored:
