@@ -196,11 +196,14 @@ def decoding_defaults_for(loaded) -> dict:
     """The decoding conventions a trained Pasta model records (pasta_decoding.json beside its adapter or weights,
     written by `pasta train sft`): e.g. {"outline_topics": true} for a model trained on outlined answers (annotator
     v5). `DecodeLimits` fields a request leaves None take these values."""
+    path = _recorded_file(loaded, "pasta_decoding.json")
+    return {} if path is None else read_decoding_conventions(path)
+
+
+def read_decoding_conventions(path) -> dict:
+    """A pasta_decoding.json file, checked (`check_decoding_conventions`)."""
     import json
 
-    path = _recorded_file(loaded, "pasta_decoding.json")
-    if path is None:
-        return {}
     try:
         found = json.loads(path.read_text())
     except json.JSONDecodeError as exc:

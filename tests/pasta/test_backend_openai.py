@@ -48,7 +48,7 @@ def scripted(with_stop_reason: bool, gate: threading.Event | None = None):
         prompt = body["prompt"]
         assert "pasta" not in body  # no extension fields for a server that is not a Pasta server
         if prompt in chunks:
-            assert body["stop"] == ["</async>"]
+            assert body["stop"] == ["</async>", "/>"]  # a chunk that writes a promise is closed (chunk_promise)
             if gate is not None and prompt.endswith(A + "<async>"):
                 assert gate.wait(10)  # chunk a answers only after the main thread moved on: they overlap
             return _completion(chunks[prompt], sr("</async>"))
