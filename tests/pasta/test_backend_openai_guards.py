@@ -184,6 +184,9 @@ def test_a_looping_model_finishes_cleanly_through_the_remote_backend(mode):
     assert result.stats.finish_reason == "guard" and len(result.stats.guards) == 2
     assert result.text == "Actors:\nBilly Crystal: an actor.\n\n"
     assert result.stats.tokens < 200 and len(stub.requests_to("completions")) == 4
+    unguarded, _ = remote(main, chunks, max_threads=8, mode=mode, guards=False)  # the backend as it was
+    assert unguarded.stats.guards == [] and unguarded.stats.threads == 30
+    assert unguarded.text == "Actors:\n" + "Billy Crystal: an actor.\n" * 30
 
 
 def test_outline_stops_only_for_servers_that_report_the_matched_stop():

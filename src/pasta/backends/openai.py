@@ -69,6 +69,7 @@ class RemoteConfig(DecodeSettings):
     max_promises_per_sync: int = 8
     outline_topics: bool = False
     outline_terminated: bool = False
+    guards: bool = True  # False: the text as the model writes it, no guard and no outline stops (for comparison)
 
     def __post_init__(self) -> None:
         self.validate_decode_settings()
@@ -222,7 +223,8 @@ class _Run:
         self._slots = asyncio.Semaphore(self.config.max_threads)
         # Outline topics and the outline guard act where the model ends an outline item (';') and opens a promise:
         # two more stop strings, asked only of a server that says which stop string matched.
-        self.outline = bool(self.limits.outline_topics)
+        self.guarded = self.config.guards
+        self.outline = bool(self.limits.outline_topics) and self.guarded
         if self.outline and not owner.reports_stop:
             self.outline = False
             self.warnings.append("outline topics and the outline guard are off: this server does not say which stop "
@@ -272,7 +274,7 @@ class _Run:
                         self.warnings.append(f"a chunk ended without {ASYNC_CLOSE} (EOS or token limit)")
                     return body + text
                 tag = parse(text + TAG_END)[-1]
-                if isinstance(tag, Promise) and self.limits.close_chunk_on_promise:
+                if isinstance(tag, Promise) and self.limits.close_chunk_on_promise and self.guarded:
                     self.guards.append(f"chunk_promise: chunk {index} wrote {tag.raw}; chunk closed")
                     return body + text[: len(text) + len(TAG_END) - len(tag.raw)]
                 self.warnings.append(f"thread {index}: tag {tag.raw!r} is not valid inside a chunk; ignored")
@@ -388,7 +390,7 @@ class _Run:
     def _promise(self, promise: Promise) -> _Piece | None:
         """An accepted promise forks its chunk (its piece is returned); a refused one leaves the answer (None), and the
         main thread is to sync next, or, refused twice in a row, ends."""
-        reason = self.book.refusal(promise)
+        reason = self.book.refusal(promise) if self.guarded else None
         if reason is not None:
             start = trailing_marker_start(self._text_since_tag())
             if start is not None:  # the list marker written for it would dangle
@@ -410,7 +412,7 @@ class _Run:
         """A `<sync/>` of the main thread: join the outstanding chunks. False when the idle-sync guard ends the main
         thread instead."""
         outstanding = any(p.chunk is not None and not p.joined for p in self.pieces)
-        if self.book.on_sync(outstanding=outstanding):
+        if self.book.on_sync(outstanding=outstanding, guarded=self.guarded):
             self.pieces.append(_Piece(raw, kind="refused", out=""))
             self.guards.append("idle_sync: <sync/> repeated with nothing outstanding; main thread ended")
             self.main_ended_by_guard = True
