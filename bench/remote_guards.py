@@ -20,13 +20,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
 
 from pasta.backends.openai import RemoteConfig, RemoteInterpreter
 from pasta.data.sources import alpaca_eval_prompts
-from pasta.eval.answer_stats import repetition_rate
+from pasta.eval.answer_stats import near_duplicate, repeated_outline_items, repetition_rate
+from pasta.lang import AsyncClose, AsyncOpen, Promise, Text, parse, topic_key
 from pasta.jsonl import append_jsonl, read_keyed
 from pasta.models import resolve_model_path
 
@@ -73,11 +75,31 @@ def measure(index: int, instruction: str, mode: str, url: str, tokenizer: str, m
     }
 
 
+def shape(annotated: str) -> dict:
+    """What the answer the user gets carries: promises whose topic repeats an earlier one, outline items that repeat
+    an earlier item of their line, chunks near-equal to an earlier chunk (`pasta.eval.answer_stats`)."""
+    topics, bodies, main, body, inside = [], [], [], [], False
+    for event in parse(annotated):
+        if isinstance(event, AsyncOpen):
+            inside, body = True, []
+        elif isinstance(event, AsyncClose):
+            inside = False
+            bodies.append("".join(body))
+        elif isinstance(event, Text):
+            (body if inside else main).append(event.text)
+        elif isinstance(event, Promise) and not inside:
+            topics.append(topic_key(event.topic))
+    return {"repeated_topics": len(topics) - len(set(topics)),
+            "repeated_outline_items": repeated_outline_items("".join(main)),
+            "duplicate_chunks": sum(any(near_duplicate(b, a) for a in bodies[:i]) for i, b in enumerate(bodies))}
+
+
 def summarize(rows: list[dict]) -> dict:
     out = {}
     for mode in MODES:
         mine = [r for r in rows if r["mode"] == mode]
         forks = [r for r in mine if r["chunks"]]
+        shapes = [shape(r["annotated"]) for r in forks]
         n = len(mine) or 1
         out[mode] = {
             "answers": len(mine),
@@ -86,6 +108,13 @@ def summarize(rows: list[dict]) -> dict:
             "hit_token_cap": sum(r["finish_reason"] == "length" for r in mine) / n,
             "forking_answers": len(forks),
             "guards_fired_in_forks": sum(bool(r["guards"]) for r in forks),
+            "guard_kinds": dict(Counter(g.split(":")[0] for r in forks for g in r["guards"]).most_common()),
+            # in the answers as delivered: what a guard left there, or what went unguarded
+            "forks_with_a_repeat_or_duplicate": sum(any(v for v in sh.values()) for sh in shapes),
+            "repeated_topics": sum(sh["repeated_topics"] for sh in shapes),
+            "repeated_outline_items": sum(sh["repeated_outline_items"] for sh in shapes),
+            "duplicate_chunks": sum(sh["duplicate_chunks"] for sh in shapes),
+            "chunks": sum(r["chunks"] for r in forks),
             "mean_completion_tokens": sum(r["completion_tokens"] for r in mine) / n,
             "mean_repetition": sum(r["repetition"] for r in mine) / n,
             "mean_requests": sum(r["requests"] for r in mine) / n,
