@@ -15,6 +15,7 @@ Robustness rules for malformed model output (also in docs/pasta-lang.md):
 - A chunk that never closes is closed at `max_thread_tokens` (warning); EOS inside a chunk closes it.
 - EOS in the main thread ends the answer after the outstanding chunks finish (implicit sync at the end).
 - At `max_new_tokens` for the whole request every thread stops where it is; all text so far is kept.
+- A tag cut in half (by a budget, or by EOS once its name is written: `lang.is_cut_tag`) is dropped, with a warning.
 - Promises beyond `max_threads` running chunks wait for a free slot. Their positions and visibility are fixed
   when the promise is read, so a waiting chunk decodes exactly as if it had started at once.
 """
@@ -44,6 +45,7 @@ from .lang import (
     StrayClose,
     Sync,
     Text,
+    is_cut_tag,
     render,
     topic_count,
 )
@@ -844,11 +846,13 @@ class Decoding:
         for event in thread.recognizer.feed(thread.detok.flush()):
             thread.events.append(event if isinstance(event, Text) else _Ignored(event.raw))
         cut = thread.recognizer.pending
-        if cut and reason in ("budget", "request_budget"):
-            # A tag the budget cut in half is markup, not content: dropped from `text` and `annotated` (so the
-            # storage form stays valid), and recorded in the warnings.
+        by_budget = reason in ("budget", "request_budget")
+        if cut and (by_budget or is_cut_tag(cut)):
+            # A tag the budget (or EOS, once the tag is named) cut in half is markup, not content: dropped from `text`
+            # and `annotated` (so the storage form stays valid), and recorded in the warnings.
             thread.recognizer = Recognizer()
-            self.warnings.append(f"thread {thread.trace.id}: unfinished tag {cut!r} cut by the budget; dropped from text")
+            self.warnings.append(f"thread {thread.trace.id}: unfinished tag {cut!r} cut by "
+                                 f"{'the budget' if by_budget else reason}; dropped from text")
         for event in thread.recognizer.flush():
             thread.events.append(event if isinstance(event, Text) else _Ignored(event.raw))
         if thread.kind == "main":

@@ -47,6 +47,7 @@ __all__ = [
     "topic_key",
     "Event",
     "Recognizer",
+    "is_cut_tag",
     "parse",
     "render",
     "strip_tags",
@@ -463,6 +464,16 @@ def _raw_attr_pairs(raw: str) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------------------------
 # Streaming recognizer
 # --------------------------------------------------------------------------------------------
+
+
+_TAG_NAMES = ("<promise", "<sync", "<async", "</async")
+
+
+def is_cut_tag(held: str) -> bool:
+    """Text a `Recognizer` still holds at the end of a stream that is a Pasta-Lang tag cut short: it names the tag
+    (`<promise topic="a`), or is at least five characters of its name (`<prom`, `</asy`). Markup the stream ended
+    inside, never content. A shorter hold (`<`, `<p`, `</a`) may be text (`a < b`, HTML) and is kept."""
+    return held.startswith(_TAG_NAMES) or (len(held) >= 5 and any(name.startswith(held) for name in _TAG_NAMES))
 
 
 class Recognizer:

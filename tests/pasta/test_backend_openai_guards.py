@@ -143,6 +143,11 @@ CASES = {
                                   {"outline_topics": True, "outline_terminated": True}),
     "semicolons outside an outline": ('Note: a; b; a; a; a.\nOverview: x; y.\n<promise topic="1/2 x" tokens="5"/>'
                                       '<sync/>z', ["a</async>"], {"outline_topics": True}),
+    # The model ends its answer inside a tag: the half tag is markup, dropped (not shown as text) on both paths.
+    "EOS inside a fed promise": ('Overview: A; B.\n1. <promise topic="1/2 A" tokens="', [], {"outline_topics": True}),
+    "EOS inside a tag": ("Tips:\n" + _p("a") + '<sync/>Done. <promise topic="b', ["x</async>"], {}),
+    "EOS inside a chunk's tag": ("Tips:\n" + _p("a") + "<sync/>Done.", ["x </asyn", "y"], {}),
+    "a lone '<' at EOS is text": ("Tips: a <", [], {}),
     "repeated item fed once": ('Overview: A; B; A.\n<promise topic="1/2 A" tokens="5"/>'
                                '<promise topic="2/2 B" tokens="5"/><sync/>x', ["a</async>"] * 2,
                                {"outline_topics": True}),
@@ -160,8 +165,8 @@ def test_remote_guards_match_the_local_decoder(name):
     assert result.stats.outline_topics_fed == decoding.outline_topics_fed
     assert result.stats.finish_reason == decoding.finish_reason
     assert result.stats.threads == len(decoding.threads) - 1
-    ignored = [w for w in decoding.warnings if w.endswith("; ignored")]
-    assert [w for w in result.stats.warnings if w.endswith("; ignored")] == ignored
+    ignored = [w for w in decoding.warnings if w.endswith(("; ignored", "; dropped from text"))]
+    assert [w for w in result.stats.warnings if w.endswith(("; ignored", "; dropped from text"))] == ignored
     if not ignored:  # an ignored tag stays in the storage form (both paths), so only then is it valid
         assert is_valid(result.annotated) and strip_tags(result.annotated) == result.text
 

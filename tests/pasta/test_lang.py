@@ -25,6 +25,7 @@ from pasta.lang import (
     SyncMark,
     Text,
     escape_attr,
+    is_cut_tag,
     is_valid,
     parse,
     promise_tag,
@@ -569,3 +570,15 @@ def test_outline_lines_keep_items_as_written_and_the_end_mark_ends_the_last():
 
     text = "Intro.\nOverview: Diet;; Sleep.\nOverview: A; B;\nNote: x; y.\nOverview: Walk  "
     assert outline_lines(text) == [["Diet", "", " Sleep"], ["A", " B"], ["Walk"]]
+
+
+@pytest.mark.parametrize("text, cut", [
+    ('intro <promise topic="a', True), ("x <sync", True), ("x </asyn", True), ("x <prom", True), ("<async", True),
+    ("x <sy", False), ("x <p", False), ("see </a", False), ("x <", False), ("x <pro", False),
+])
+def test_a_stream_that_ends_inside_a_named_tag_is_cut_markup(text, cut):
+    """What the recognizer holds at the end: a tag cut short (dropped by the decoders) or text that may be content."""
+    recognizer = Recognizer()
+    recognizer.feed(text)
+    held = recognizer.pending
+    assert held and is_cut_tag(held) is cut

@@ -37,7 +37,7 @@ from typing import Any
 from ..chat import prompt_text as chat_prompt_text
 from ..decoding import DecodeLimits, ThreadTrace
 from ..guards import PROMISE_MARK, PromiseGuards, outline_cut, outline_topic_rest, trailing_marker_start
-from ..lang import ASYNC_CLOSE, ASYNC_OPEN, SYNC, Promise, Sync, Text, parse
+from ..lang import ASYNC_CLOSE, ASYNC_OPEN, SYNC, Promise, Recognizer, Sync, Text, is_cut_tag, parse
 from ..openai_client import OpenAIClient
 from ..results import GenerationResult, RunStats
 from ..settings import DecodeSettings
@@ -272,6 +272,8 @@ class _Run:
                 if hit != TAG_END:
                     if hit is None:
                         self.warnings.append(f"a chunk ended without {ASYNC_CLOSE} (EOS or token limit)")
+                        by_budget = piece.tokens >= self.config.max_thread_tokens or self.budget <= 0
+                        return self._drop_cut_tag(body + text, index, by_budget)
                     return body + text
                 tag = parse(text + TAG_END)[-1]
                 if isinstance(tag, Promise) and self.limits.close_chunk_on_promise and self.guarded:
@@ -308,7 +310,7 @@ class _Run:
             self.schedule.append(("main", n))
             written, opened = opened + text, ""
             if hit is None:  # EOS or the budget: the answer is written
-                self._text(written)
+                self._text(self._drop_cut_tag(written, 0, self.budget <= 0))
                 return
             if hit == OUTLINE_SEP:
                 self._text(written)
@@ -336,6 +338,18 @@ class _Run:
                     return
             if self.main_ended_by_guard:
                 return
+
+    def _drop_cut_tag(self, text: str, thread: int, by_budget: bool) -> str:
+        """`text` without a tag its end cut in half (as the local decoder drops it: any held text when the budget
+        cut it, a named tag at EOS, `pasta.lang.is_cut_tag`): markup, not content."""
+        recognizer = Recognizer()
+        recognizer.feed(text)
+        held = recognizer.pending
+        if not held or not (by_budget or is_cut_tag(held)):
+            return text
+        self.warnings.append(f"thread {thread}: unfinished tag {held!r} cut by {'the budget' if by_budget else 'eos'}; "
+                             "dropped from text")
+        return text[: len(text) - len(held)]
 
     # -- the main thread's text and tags, with the runtime guards ---------------------------------------------------
     def _text(self, text: str) -> None:
