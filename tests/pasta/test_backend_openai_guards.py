@@ -147,6 +147,7 @@ CASES = {
     "EOS inside a fed promise": ('Overview: A; B.\n1. <promise topic="1/2 A" tokens="', [], {"outline_topics": True}),
     "EOS inside a tag": ("Tips:\n" + _p("a") + '<sync/>Done. <promise topic="b', ["x</async>"], {}),
     "EOS inside a chunk's tag": ("Tips:\n" + _p("a") + "<sync/>Done.", ["x </asyn", "y"], {}),
+    "'/>' as text": ("See a/> b " + _p("a") + "<sync/>Done.", ["x />y</async>"], {}),
     "a lone '<' at EOS is text": ("Tips: a <", [], {}),
     "repeated item fed once": ('Overview: A; B; A.\n<promise topic="1/2 A" tokens="5"/>'
                                '<promise topic="2/2 B" tokens="5"/><sync/>x', ["a</async>"] * 2,

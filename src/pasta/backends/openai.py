@@ -279,7 +279,8 @@ class _Run:
                 if isinstance(tag, Promise) and self.limits.close_chunk_on_promise and self.guarded:
                     self.guards.append(f"chunk_promise: chunk {index} wrote {tag.raw}; chunk closed")
                     return body + text[: len(text) + len(TAG_END) - len(tag.raw)]
-                self.warnings.append(f"thread {index}: tag {tag.raw!r} is not valid inside a chunk; ignored")
+                if not isinstance(tag, Text):  # a '/>' that ends no tag is the chunk's text
+                    self.warnings.append(f"thread {index}: tag {tag.raw!r} is not valid inside a chunk; ignored")
                 body += text + TAG_END
 
     async def join(self) -> None:
