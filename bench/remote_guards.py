@@ -27,8 +27,8 @@ import httpx
 
 from pasta.backends.openai import RemoteConfig, RemoteInterpreter
 from pasta.data.sources import alpaca_eval_prompts
-from pasta.eval.answer_stats import near_duplicate, repeated_outline_items, repetition_rate
-from pasta.lang import AsyncClose, AsyncOpen, Promise, Text, parse, topic_key
+from pasta.eval.answer_stats import duplicate_chunks, repeated_outline_items, repetition_rate
+from pasta.lang import to_structure, topic_key
 from pasta.jsonl import append_jsonl, read_keyed
 from pasta.models import resolve_model_path
 
@@ -76,22 +76,14 @@ def measure(index: int, instruction: str, mode: str, url: str, tokenizer: str, m
 
 
 def shape(annotated: str) -> dict:
-    """What the answer the user gets carries: promises whose topic repeats an earlier one, outline items that repeat
-    an earlier item of their line, chunks near-equal to an earlier chunk (`pasta.eval.answer_stats`)."""
-    topics, bodies, main, body, inside = [], [], [], [], False
-    for event in parse(annotated):
-        if isinstance(event, AsyncOpen):
-            inside, body = True, []
-        elif isinstance(event, AsyncClose):
-            inside = False
-            bodies.append("".join(body))
-        elif isinstance(event, Text):
-            (body if inside else main).append(event.text)
-        elif isinstance(event, Promise) and not inside:
-            topics.append(topic_key(event.topic))
-    return {"repeated_topics": len(topics) - len(set(topics)),
-            "repeated_outline_items": repeated_outline_items("".join(main)),
-            "duplicate_chunks": sum(any(near_duplicate(b, a) for a in bodies[:i]) for i, b in enumerate(bodies))}
+    """What the answer the user gets carries, read as `pasta.eval.answer_stats` reads it: promises whose topic repeats
+    an earlier one (delivered ones only: a refused promise left no trace), outline items that repeat an earlier item
+    of their line, chunks near-equal to an earlier chunk."""
+    structure = to_structure(annotated)
+    keys = [topic_key(c.topic) for c in structure.chunks if c.promise_raw]
+    return {"repeated_topics": len(keys) - len(set(keys)),
+            "repeated_outline_items": repeated_outline_items(structure.main_thread_text()),
+            "duplicate_chunks": duplicate_chunks([c.body for c in structure.chunks])}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -134,22 +126,21 @@ def main(argv: list[str] | None = None) -> int:
 
     prompts = alpaca_eval_prompts()[: a.limit]
     done = read_keyed(a.out, lambda row: row["key"]) if a.out.exists() else {}
-    tokenizer = str(resolve_model_path(None)[1])  # the model's chat template, as the local interpreter uses
-    port = _free_port()
-    server = _serve(port, a.threads, a.out.with_suffix(".serve.log"))
-    try:
-        for k, item in enumerate(prompts):  # instructions
-            for mode in MODES:
-                if f"{k}:{mode}" in done:
-                    continue
-                row = measure(k, item, mode, f"http://127.0.0.1:{port}/v1", tokenizer, a.max_new_tokens)
+    pending = [(k, mode) for k in range(len(prompts)) for mode in MODES if f"{k}:{mode}" not in done]
+    if pending:  # a finished run re-reports without starting the server
+        tokenizer = str(resolve_model_path(None)[1])  # the model's chat template, as the local interpreter uses
+        port = _free_port()
+        server = _serve(port, a.threads, a.out.with_suffix(".serve.log"))
+        try:
+            for k, mode in pending:
+                row = measure(k, prompts[k], mode, f"http://127.0.0.1:{port}/v1", tokenizer, a.max_new_tokens)
                 append_jsonl(a.out, row)
                 done[row["key"]] = row
                 print(f"[{k + 1}/{len(prompts)}] {mode:9s} {row['finish_reason']:6s} chunks {row['chunks']} "
                       f"guards {len(row['guards'])} tokens {row['completion_tokens']}", file=sys.stderr, flush=True)
-    finally:
-        server.terminate()
-        server.wait(30)
+        finally:
+            server.terminate()
+            server.wait(30)
     rows = [done[f"{k}:{mode}"] for k in range(len(prompts)) for mode in MODES]
     summary = {"command": "python bench/remote_guards.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "prompts": f"alpaca_eval 0-{len(prompts) - 1}", "max_new_tokens": a.max_new_tokens,

@@ -30,7 +30,7 @@ from difflib import SequenceMatcher
 
 from ..lang import Sync, outline_lines, parse, to_structure, topic_key
 
-__all__ = ["AnswerStats", "aggregate", "answer_stats", "empty_outline_items", "leaked_tags", "near_duplicate",
+__all__ = ["AnswerStats", "aggregate", "answer_stats", "duplicate_chunks", "empty_outline_items", "leaked_tags", "near_duplicate",
            "repeated_outline_items", "repetition_rate", "word_ngrams"]
 
 _WORD_RE = re.compile(r"\w+(?:['\u2019]\w+)*")
@@ -89,6 +89,11 @@ def near_duplicate(a: str, b: str, threshold: float = 0.8) -> bool:
     return SequenceMatcher(None, wa, wb, autojunk=False).ratio() >= threshold
 
 
+def duplicate_chunks(bodies: list[str]) -> int:
+    """Chunks whose body is near-equal to an earlier chunk's (`near_duplicate`)."""
+    return sum(any(near_duplicate(b, earlier) for earlier in bodies[:i]) for i, b in enumerate(bodies))
+
+
 @dataclass
 class AnswerStats:
     complete: bool
@@ -124,8 +129,7 @@ def answer_stats(result, tokenizer) -> AnswerStats:
     chunks = structure.chunks
     promises = [c for c in chunks if c.promise_raw]
     keys = [topic_key(c.topic) for c in promises]
-    bodies = [c.body for c in chunks]
-    duplicates = sum(any(near_duplicate(b, earlier) for earlier in bodies[:i]) for i, b in enumerate(bodies))
+    duplicates = duplicate_chunks([c.body for c in chunks])
     if promises:
         # Every chunk finished (none cut by a budget), and the main thread joined them: at a <sync/>, or at EOS.
         closed = all(t.close_reason in ("closed", "eos", "guard") for t in stats.timeline[1:])
