@@ -977,9 +977,6 @@ def _jump_rules(tokenizer) -> list[_JumpRule]:
     return rules
 
 
-# Text that is only list numbering and whitespace ("\n3. ", "- "): writing it between two syncs is no progress.
-
-
 class _Ignored:
     """A tag that had no effect (kept in `annotated`, dropped from `text`)."""
 

@@ -391,7 +391,7 @@ class _Run:
         """The model opened a promise: the tag so far, with its topic fed from the outline line when there is one."""
         last_sync = max((i for i, p in enumerate(self.pieces) if p.kind == "sync"), default=-1)
         since = "".join(PROMISE_MARK if p.kind in ("promise", "refused") and p.raw.startswith("<promise") else p.shown
-                        for p in self.pieces[last_sync + 1 :] if p.kind in ("text", "promise", "refused"))
+                        for p in self.pieces[last_sync + 1 :])
         found = outline_topic_rest(since, guard=True)
         if found is None:
             return PROMISE_OPEN
@@ -407,9 +407,10 @@ class _Run:
         main thread is to sync next, or, refused twice in a row, ends."""
         reason = self.book.refusal(promise) if self.guarded else None
         if reason is not None:
-            start = trailing_marker_start(self._text_since_tag())
+            tail = self._text_since_tag()
+            start = trailing_marker_start(tail)
             if start is not None:  # the list marker written for it would dangle
-                self._drop_shown(len(self._text_since_tag()) - start)
+                self._drop_shown(len(tail) - start)
             self.pieces.append(_Piece(promise.raw, kind="refused", out=""))
             ended = self.book.refuse()
             self.guards.append(PromiseGuards.guard_note(reason, promise.raw, ended))
