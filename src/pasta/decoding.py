@@ -174,7 +174,7 @@ class ThreadTrace:
     start_step: int | None = None
     end_step: int | None = None
     sampled: int = 0
-    close_reason: str | None = None  # closed | eos | budget | request_budget
+    close_reason: str | None = None  # closed | eos | guard | budget | request_budget
 
 
 @dataclass

@@ -149,6 +149,8 @@ CASES = {
     "EOS inside a chunk's tag": ("Tips:\n" + _p("a") + "<sync/>Done.", ["x </asyn", "y"], {}),
     "'/>' as text": ("See a/> b " + _p("a") + "<sync/>Done.", ["x />y</async>"], {}),
     "a lone '<' at EOS is text": ("Tips: a <", [], {}),
+    "a chunk over its budget": ("Tips:\n" + _p("a") + _p("b") + "<sync/>Done.",
+                                ["abcdefghijklmnop</async>", "ab</async>"], {"max_thread_tokens": 12}),
     "repeated item fed once": ('Overview: A; B; A.\n<promise topic="1/2 A" tokens="5"/>'
                                '<promise topic="2/2 B" tokens="5"/><sync/>x', ["a</async>"] * 2,
                                {"outline_topics": True}),
@@ -166,6 +168,8 @@ def test_remote_guards_match_the_local_decoder(name):
     assert result.stats.outline_topics_fed == decoding.outline_topics_fed
     assert result.stats.finish_reason == decoding.finish_reason
     assert result.stats.threads == len(decoding.threads) - 1
+    # how each thread ended (answer_stats' reaches_sync reads it): main first, then the chunks in fork order
+    assert [t.close_reason for t in result.stats.timeline] == [t.trace.close_reason for t in decoding.threads]
     ignored = [w for w in decoding.warnings if w.endswith(("; ignored", "; dropped from text"))]
     assert [w for w in result.stats.warnings if w.endswith(("; ignored", "; dropped from text"))] == ignored
     if not ignored:  # an ignored tag stays in the storage form (both paths), so only then is it valid

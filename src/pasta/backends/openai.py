@@ -106,6 +106,7 @@ class _Piece:
     topic: str | None = None
     predicted: int | None = None
     tokens: int = 0  # completion tokens of its chunk
+    close_reason: str | None = None  # how its chunk ended, as the local decoder says it (`ThreadTrace.close_reason`)
 
     @property
     def shown(self) -> str:
@@ -266,6 +267,7 @@ class _Run:
                 limit = min(self.config.max_thread_tokens - piece.tokens, self.budget)
                 if limit <= 0:
                     self.warnings.append(f"chunk {index} reached its token budget; closed")
+                    piece.close_reason = self._budget_reason(piece)
                     return body
                 text, hit, n = await self.request(context + ASYNC_OPEN + body, [ASYNC_CLOSE, TAG_END], limit)
                 piece.tokens += n
@@ -273,15 +275,22 @@ class _Run:
                     if hit is None:
                         self.warnings.append(f"a chunk ended without {ASYNC_CLOSE} (EOS or token limit)")
                         by_budget = piece.tokens >= self.config.max_thread_tokens or self.budget <= 0
+                        piece.close_reason = self._budget_reason(piece) if by_budget else "eos"
                         return self._drop_cut_tag(body + text, index, by_budget)
+                    piece.close_reason = "closed"
                     return body + text
                 tag = parse(text + TAG_END)[-1]
                 if isinstance(tag, Promise) and self.limits.close_chunk_on_promise and self.guarded:
                     self.guards.append(f"chunk_promise: chunk {index} wrote {tag.raw}; chunk closed")
+                    piece.close_reason = "guard"
                     return body + text[: len(text) + len(TAG_END) - len(tag.raw)]
                 if not isinstance(tag, Text):  # a '/>' that ends no tag is the chunk's text
                     self.warnings.append(f"thread {index}: tag {tag.raw!r} is not valid inside a chunk; ignored")
                 body += text + TAG_END
+
+    def _budget_reason(self, piece: _Piece) -> str:
+        """A chunk cut by a budget: its own (`budget`) or the request's (`request_budget`), as the local decoder says."""
+        return "budget" if piece.tokens >= self.config.max_thread_tokens else "request_budget"
 
     async def join(self) -> None:
         for piece in self.pieces:
@@ -466,11 +475,13 @@ class _Run:
             elif piece.kind == "text":
                 plain.append("".join(e.text for e in parse(piece.shown) if isinstance(e, Text)))
         chunks = [p for p in self.pieces if p.kind == "promise"]
-        timeline = [ThreadTrace(id=0, kind="main", sampled=self.main_tokens)] + [
-            ThreadTrace(id=i, kind="async", topic=p.topic, predicted_tokens=p.predicted, sampled=p.tokens)
+        finish = "length" if self.budget <= 0 else "guard" if self.main_ended_by_guard else "eos"
+        main_reason = {"length": "request_budget"}.get(finish, finish)
+        timeline = [ThreadTrace(id=0, kind="main", sampled=self.main_tokens, close_reason=main_reason)] + [
+            ThreadTrace(id=i, kind="async", topic=p.topic, predicted_tokens=p.predicted, sampled=p.tokens,
+                        close_reason=p.close_reason)
             for i, p in enumerate(chunks, start=1)]
         steps = self.critical_path()
-        finish = "length" if self.budget <= 0 else "guard" if self.main_ended_by_guard else "eos"
         stats = RunStats(
             mode=self.mode, steps=steps, tokens=self.tokens, threads=len(chunks), critical_path=steps,
             theoretical_speedup=self.tokens / steps, wall_s=wall_s, prompt_tokens=self.prompt_length,
