@@ -114,12 +114,13 @@ class _Piece:
 
 
 class RemoteInterpreter:
-    def __init__(self, config: RemoteConfig, client: OpenAIClient | None = None) -> None:
+    def __init__(self, config: RemoteConfig, client: OpenAIClient | None = None, *, template=None) -> None:
+        """`template`: the tokenizer of `config.tokenizer`, when the caller has it loaded already."""
         self.config = config
         self.client = client or OpenAIClient(config.base_url, config.api_key, timeout=config.timeout)
         self._model: str | None = config.model
         self._extra: dict[str, Any] | None = None
-        self._template = None
+        self._template = template
         self.reports_stop = False  # the server says which stop string ended a completion (set by _discover)
 
     # -- public API ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..cli_options import (
     adapter_from_args, add_limit_options, add_model_options, add_sampling_options, add_threads_option, apply_threads,
 )
+from ..backends.openai import add_backend_args
 from .runner import SYSTEMS, EvalConfig
 
 
@@ -21,6 +22,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    "(sequential is always added: it is the speed reference)")
     p.add_argument("--baseline", default="sequential", help="system the judge compares every other system against")
     add_model_options(p, dtype="float32", compile=False)
+    p.add_argument("--backend", choices=["local", "openai"], default="local",
+                   help="local: decode in this process; openai: the systems are served by an OpenAI-compatible server "
+                        "(vLLM, SGLang, pasta serve), driven through the remote backend")
+    add_backend_args(p)
+    p.add_argument("--remote-original-model", default=None,
+                   help="--backend openai: the original model's id on the server, for the original and sot systems")
     add_limit_options(p)
     add_sampling_options(p, seed=0)
     p.add_argument("--sot-skeleton-tokens", type=int, default=128)
@@ -62,7 +69,7 @@ def build_judge(args, systems=None):
         return OpenAIJudge(client, args.judge_model, logprobs=not args.no_logprobs)
     from .judge import LocalJudge
 
-    if args.judge_model is None and systems is not None:  # reuse the loaded base model
+    if args.judge_model is None and systems is not None and args.backend == "local":  # reuse the loaded base model
         interp = systems.original
         return LocalJudge(interp.model, interp.tokenizer, name=interp.name)
     from ..models import load_model
@@ -84,6 +91,8 @@ def config_from_args(args) -> EvalConfig:
         outline_no_repeat=args.outline_no_repeat,
         presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty, draft_promises=args.draft_promises, draft_tokens=args.draft_tokens,
+        backend=args.backend, base_url=args.base_url, remote_model=args.remote_model,
+        remote_original_model=args.remote_original_model, tokenizer=args.tokenizer,
     )
 
 

@@ -73,6 +73,12 @@ class EvalConfig(DecodeSettings):
     frequency_penalty: float | None = None
     draft_promises: bool = True  # DecodeLimits.draft_promises
     draft_tokens: int | None = None  # DecodeLimits.draft_tokens (None: as the model records)
+    # backend "openai": the systems are served by an OpenAI-compatible server (pasta.eval.remote)
+    backend: str = "local"
+    base_url: str | None = None
+    remote_model: str | None = None  # the Pasta model's id there (default: the first it lists)
+    remote_original_model: str | None = None  # the original model's id there (systems original and sot)
+    tokenizer: str | None = None  # the served model's tokenizer: a folder, a .gguf or 'default'
 
     def __post_init__(self) -> None:
         self.systems = tuple(dict.fromkeys(self.systems))
@@ -84,11 +90,35 @@ class EvalConfig(DecodeSettings):
         if self.baseline not in self.systems:
             raise ValueError(f"baseline {self.baseline!r} is not among the systems {list(self.systems)}")
         self.validate_decode_settings()
+        if self.backend not in ("local", "openai"):
+            raise ValueError(f"backend must be 'local' or 'openai', got {self.backend!r}")
+        if self.backend == "openai":
+            self._check_remote()
+
+    def _check_remote(self) -> None:
+        from .remote import LOCAL_ONLY
+
+        if not self.base_url:
+            raise ValueError("backend openai needs base_url (--base-url http://HOST:PORT/v1)")
+        if not self.tokenizer:
+            raise ValueError("backend openai needs the served model's tokenizer (--tokenizer: a folder, a .gguf, or "
+                             "'default' for the embedded model): it gives the chat template and the token counts")
+        needs_original = [s for s in self.systems if s in ("original", "sot")]
+        if needs_original and not self.remote_original_model:
+            raise ValueError(f"systems {needs_original} need the original model's id on the server "
+                             "(--remote-original-model, e.g. vLLM's base model beside the Pasta LoRA), or leave them "
+                             "out (--systems pasta,sequential)")
+        asked = [name for name in LOCAL_ONLY if getattr(self, name)]
+        if asked:
+            raise ValueError(f"{', '.join(asked)}: only local decoding applies them (per thread, tags exempt); "
+                             "backend openai cannot honour them")
 
     def generation_key(self) -> dict[str, Any]:
         """What must not change between an interrupted run and its continuation."""
         keys = ("prompts", "model", "adapter", "dtype", "max_new_tokens", "max_thread_tokens", "max_threads",
                 "temperature", "top_p", "seed", "sot_skeleton_tokens", "sot_max_points")
+        if self.backend != "local":  # (local runs keep the key they always had)
+            keys += ("backend", "remote_model", "remote_original_model", "tokenizer")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -114,6 +144,10 @@ def load_systems(config: EvalConfig) -> Systems:
     from ..interpreter import Interpreter
     from ..models import DEFAULT_MODEL, default_adapter_path
 
+    if config.backend == "openai":
+        from .remote import load_remote_systems
+
+        return load_remote_systems(config)
     notes: list[str] = []
     need_original = any(s in config.systems for s in ("original", "sot"))
     pasta = Interpreter.from_pretrained(config.model, dtype=config.dtype, adapter=config.adapter,
@@ -143,8 +177,10 @@ def generate_record(systems: Systems, system: str, item: PromptItem, config: Eva
     sampling = dataclasses.replace(config.sampling, seed=_prompt_seed(config.seed, item.id))
     record: dict[str, Any] = {"id": item.id, "system": system, "generator": systems.generator(system)}
     if system == "sot":
-        res = skeleton_of_thought(interp, item.instruction, sampling=sampling, limits=config.limits,
-                                  skeleton_tokens=config.sot_skeleton_tokens, max_points=config.sot_max_points)
+        # a served model runs its own SoT (concurrent requests); a local interpreter batches the points itself
+        sot = getattr(interp, "skeleton_of_thought", None) or (lambda *a, **k: skeleton_of_thought(interp, *a, **k))
+        res = sot(item.instruction, sampling=sampling, limits=config.limits,
+                  skeleton_tokens=config.sot_skeleton_tokens, max_points=config.sot_max_points)
         plain = len(interp.tokenizer.encode(res.text, add_special_tokens=False)) if res.text else 0
         stats = {"complete": not res.truncated, "finish_reason": "length" if res.truncated else "eos",
                  "plain_tokens": plain, "repetition": round(repetition_rate(res.text), 4)}

@@ -29,7 +29,7 @@ from ..layout import Layout, StepInputs
 from ..sampling import SamplingParams
 
 __all__ = ["SKELETON_PROMPT", "POINT_PROMPT", "parse_points", "SoTResult", "skeleton_of_thought", "expand_points",
-           "PointExpansion"]
+           "PointExpansion", "point_requests", "assemble_points"]
 
 SKELETON_PROMPT = (
     "You're an organizer responsible for only giving the skeleton (not the full content) for answering the question. "
@@ -220,31 +220,44 @@ def skeleton_of_thought(interp, question: str, *, sampling: SamplingParams | Non
             fallback=True, warnings=[f"fallback to plain decoding: {why}"],
             truncated=plain.stats.finish_reason == "length",
         )
-    skeleton_text = "\n".join(f"{i}. {p}" for i, p in points)
-    requests = []
-    prefills = []
-    for index, point in points:
-        prefill = f"{index}. {point}"
-        prefills.append(prefill)
-        ids = interp.prompt_ids(POINT_PROMPT.format(question=question, skeleton=skeleton_text, index=index))
-        requests.append(ids + tok.encode(prefill, add_special_tokens=False))
+    prompts = point_requests(question, points)
+    requests = [interp.prompt_ids(message) + tok.encode(prefill, add_special_tokens=False)
+                for message, prefill in prompts]
     expansion = expand_points(interp, requests, sampling=sampling, max_tokens_each=limits.max_thread_tokens,
                               max_total=remaining)
-    expansions = [_one_point(tok.decode(out, skip_special_tokens=True)) for out in expansion.outputs]
-    text = "\n".join(prefill + body.rstrip() for prefill, body in zip(prefills, expansions))
-    warnings = []
-    if len(points) < len(parse_points(skeleton, max_points, dedupe=False)):
-        warnings.append(f"the skeleton repeated a point after point {len(points)}: the rest was dropped")
-    cut = [i + 1 for i, n in enumerate(expansion.sampled) if n >= limits.max_thread_tokens]
-    if cut:
-        warnings.append(f"points {cut} reached max_thread_tokens")
-    truncated = bool(cut) or sk.stats.tokens + sum(expansion.sampled) >= limits.max_new_tokens
+    text, expansions, warnings, truncated = assemble_points(
+        skeleton, points, [prefill for _, prefill in prompts],
+        [tok.decode(out, skip_special_tokens=True) for out in expansion.outputs], expansion.sampled,
+        limits=limits, max_points=max_points, skeleton_tokens=sk.stats.tokens)
     return SoTResult(
         text=text, skeleton=skeleton, points=points, expansions=expansions,
         steps=sk.stats.steps + expansion.steps, tokens=sk.stats.tokens + sum(expansion.sampled),
         critical_path=sk.stats.tokens + max(expansion.sampled), wall_s=sk.stats.wall_s + expansion.wall_s,
         warnings=warnings, truncated=truncated,
     )
+
+
+def point_requests(question: str, points: list[tuple[int, str]]) -> list[tuple[str, str]]:
+    """Each point's expanding prompt (a user message) and the answer prefilled for it ("i. <point>")."""
+    skeleton_text = "\n".join(f"{i}. {p}" for i, p in points)
+    return [(POINT_PROMPT.format(question=question, skeleton=skeleton_text, index=index), f"{index}. {point}")
+            for index, point in points]
+
+
+def assemble_points(skeleton: str, points: list[tuple[int, str]], prefills: list[str], outputs: list[str],
+                    sampled: list[int], *, limits: DecodeLimits, max_points: int,
+                    skeleton_tokens: int) -> tuple[str, list[str], list[str], bool]:
+    """The SoT answer from the points' decoded outputs: (text, expansions, warnings, truncated)."""
+    expansions = [_one_point(out) for out in outputs]
+    text = "\n".join(prefill + body.rstrip() for prefill, body in zip(prefills, expansions))
+    warnings = []
+    if len(points) < len(parse_points(skeleton, max_points, dedupe=False)):
+        warnings.append(f"the skeleton repeated a point after point {len(points)}: the rest was dropped")
+    cut = [i + 1 for i, n in enumerate(sampled) if n >= limits.max_thread_tokens]
+    if cut:
+        warnings.append(f"points {cut} reached max_thread_tokens")
+    truncated = bool(cut) or skeleton_tokens + sum(sampled) >= limits.max_new_tokens
+    return text, expansions, warnings, truncated
 
 
 _NEXT_POINT = re.compile(r"\n\s*\d{1,2}\s*[.)]\s")
