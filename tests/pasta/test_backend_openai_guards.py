@@ -149,6 +149,10 @@ CASES = {
     "EOS inside a chunk's tag": ("Tips:\n" + _p("a") + "<sync/>Done.", ["x </asyn", "y"], {}),
     "'/>' as text": ("See a/> b " + _p("a") + "<sync/>Done.", ["x />y</async>"], {}),
     "a lone '<' at EOS is text": ("Tips: a <", [], {}),
+    # Closing tags the language does not have, and chunk tags in the main thread (the default model writes them
+    # through a plain engine): markup, dropped from the answer with a warning on both paths.
+    "stray closing tags": ("Tips:</promise>\n" + _p("a") + "\n<sync/>Done.</sync>\n2. More.</async> x</sync/> <async>y",
+                           ["Sleep</sync> well</sync/> <async>x.</async>"], {}),
     "a chunk over its budget": ("Tips:\n" + _p("a") + _p("b") + "<sync/>Done.",
                                 ["abcdefghijklmnop</async>", "ab</async>"], {"max_thread_tokens": 12}),
     "repeated item fed once": ('Overview: A; B; A.\n<promise topic="1/2 A" tokens="5"/>'

@@ -37,7 +37,9 @@ from typing import Any
 from ..chat import prompt_text as chat_prompt_text
 from ..decoding import DecodeLimits, ThreadTrace
 from ..guards import PROMISE_MARK, PromiseGuards, outline_cut, outline_topic_rest, trailing_marker_start
-from ..lang import ASYNC_CLOSE, ASYNC_OPEN, SYNC, Promise, Recognizer, Sync, Text, is_cut_tag, parse
+from ..lang import (
+    ASYNC_CLOSE, ASYNC_OPEN, SYNC, Promise, Recognizer, StrayClose, Sync, Text, is_cut_tag, parse,
+)
 from ..openai_client import OpenAIClient
 from ..results import GenerationResult, RunStats
 from ..settings import DecodeSettings
@@ -277,16 +279,19 @@ class _Run:
                         self.warnings.append(f"a chunk ended without {ASYNC_CLOSE} (EOS or token limit)")
                         by_budget = piece.tokens >= self.config.max_thread_tokens or self.budget <= 0
                         piece.close_reason = self._budget_reason(piece) if by_budget else "eos"
-                        return self._drop_cut_tag(body + text, index, by_budget)
-                    piece.close_reason = "closed"
+                        text = self._drop_cut_tag(body + text, index, by_budget)[len(body):]
+                    else:
+                        piece.close_reason = "closed"
+                    self._ignore_tags(text, index)
                     return body + text
                 tag = parse(text + TAG_END)[-1]
                 if isinstance(tag, Promise) and self.limits.close_chunk_on_promise and self.guarded:
+                    text = text[: len(text) + len(TAG_END) - len(tag.raw)]
+                    self._ignore_tags(text, index)
                     self.guards.append(f"chunk_promise: chunk {index} wrote {tag.raw}; chunk closed")
                     piece.close_reason = "guard"
-                    return body + text[: len(text) + len(TAG_END) - len(tag.raw)]
-                if not isinstance(tag, Text):  # a '/>' that ends no tag is the chunk's text
-                    self.warnings.append(f"thread {index}: tag {tag.raw!r} is not valid inside a chunk; ignored")
+                    return body + text
+                self._ignore_tags(text + TAG_END, index)  # a '/>' that ends no tag is the chunk's text
                 body += text + TAG_END
 
     def _budget_reason(self, piece: _Piece) -> str:
@@ -367,6 +372,21 @@ class _Run:
         if text:
             self.pieces.append(_Piece(text))
             self.book.on_text(text)
+            self._ignore_tags(text, 0)
+
+    def _ignore_tags(self, text: str, thread: int) -> None:
+        """Tags inside text the model wrote that act on nothing here (`</sync>`, `</promise>`, chunk tags in the main
+        thread, a second `<async>` in a chunk): they leave the answer (`_result` keeps only text), with the local
+        decoder's warning."""
+        where = "in the main thread" if thread == 0 else "inside a chunk"
+        for event in parse(text):
+            if isinstance(event, StrayClose):
+                why = "closes nothing (Pasta-Lang has no such tag); dropped from the answer"
+            elif isinstance(event, Text):
+                continue
+            else:
+                why = f"is not valid {where}"
+            self.warnings.append(f"thread {thread}: tag {event.raw!r} {why}; ignored")
 
     def _drop_shown(self, n: int) -> None:
         """Drop the last `n` characters of the main thread's text from the answer (later requests still read them,

@@ -28,6 +28,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     add_backend_args(p)
     p.add_argument("--remote-original-model", default=None,
                    help="--backend openai: the original model's id on the server, for the original and sot systems")
+    p.add_argument("--original-base-url", default=None,
+                   help="--backend openai: the server of --remote-original-model, when not --base-url (e.g. a second "
+                        "pasta serve --no-adapter)")
     add_limit_options(p)
     add_sampling_options(p, seed=0)
     p.add_argument("--sot-skeleton-tokens", type=int, default=128)
@@ -92,7 +95,8 @@ def config_from_args(args) -> EvalConfig:
         presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty, draft_promises=args.draft_promises, draft_tokens=args.draft_tokens,
         backend=args.backend, base_url=args.base_url, remote_model=args.remote_model,
-        remote_original_model=args.remote_original_model, tokenizer=args.tokenizer,
+        remote_original_model=args.remote_original_model, original_base_url=args.original_base_url,
+        tokenizer=args.tokenizer,
     )
 
 

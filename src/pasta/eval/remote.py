@@ -170,7 +170,7 @@ def load_remote_systems(config):
                      "applies: its answers here can differ from `pasta eval`'s local ones")
     original = pasta
     if config.remote_original_model is not None:
-        original = RemoteSystem(config.base_url, _discover(config.base_url, config.remote_original_model),
-                                tokenizer, folder, {})
-        notes.append(f"original and sot by {original.model!r}")
+        url = config.original_base_url or config.base_url
+        original = RemoteSystem(url, _discover(url, config.remote_original_model), tokenizer, folder, {})
+        notes.append(f"original and sot by {original.model!r}" + (f" at {url}" if url != config.base_url else ""))
     return Systems(pasta=pasta, original=original, notes=notes)

@@ -77,7 +77,8 @@ class EvalConfig(DecodeSettings):
     backend: str = "local"
     base_url: str | None = None
     remote_model: str | None = None  # the Pasta model's id there (default: the first it lists)
-    remote_original_model: str | None = None  # the original model's id there (systems original and sot)
+    remote_original_model: str | None = None  # the original model's id (systems original and sot)
+    original_base_url: str | None = None  # where the original model is served (default: base_url)
     tokenizer: str | None = None  # the served model's tokenizer: a folder, a .gguf or 'default'
 
     def __post_init__(self) -> None:
