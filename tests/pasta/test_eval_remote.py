@@ -170,3 +170,21 @@ def test_the_pasta_models_conventions_come_from_its_adapter(tmp_path, folder):
                          remote_model="other", systems=("pasta", "sequential"))
         with pytest.raises(ValueError, match=r"serves \['pasta', 'base'\], not 'other'"):
             load_remote_systems(bad)
+
+
+def test_the_original_model_may_be_served_elsewhere(folder):
+    """`--original-base-url`: e.g. a second `pasta serve --no-adapter` beside the Pasta model's server."""
+    from pasta.eval.remote import load_remote_systems
+
+    def serving(name):
+        return lambda req: {"object": "list", "data": [{"id": name}]} if req.endpoint == "models" else None
+
+    with OpenAIStub(serving("pasta")) as pasta, OpenAIStub(serving("base")) as base:
+        config = EvalConfig(out="unused", backend="openai", base_url=pasta.base_url, tokenizer=folder,
+                            remote_original_model="base", original_base_url=base.base_url)
+        systems = load_remote_systems(config)
+        assert (systems.pasta.base_url, systems.original.base_url) == (pasta.base_url, base.base_url)
+        assert systems.original.model == "base" and any(base.base_url in note for note in systems.notes)
+        with pytest.raises(ValueError, match=r"serves \['pasta'\], not 'base'"):
+            load_remote_systems(EvalConfig(out="unused", backend="openai", base_url=pasta.base_url, tokenizer=folder,
+                                           remote_original_model="base"))
