@@ -73,6 +73,8 @@ def test_remote_eval_reproduces_local_eval_through_pasta_serve(tmp_path, folder,
             assert remote["systems"][system][field] == local["systems"][system][field], (system, field)
     assert remote["config"]["backend"] == "openai" and "backend" not in local["config"]
     assert any("--backend openai" in note for note in remote["notes"])
+    report = (tmp_path / "remote" / "report.md").read_text()
+    assert f"served models `first listed` (pasta, sequential) and `{interp.name}` (original, sot)" in report
 
 
 def test_remote_config_errors_name_what_is_missing():

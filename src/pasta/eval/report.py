@@ -42,9 +42,13 @@ def _points(summary: dict, prefix: str = "") -> list[tuple[str, float, float]]:
 def markdown_report(summary: dict, rows: list[dict], compare: list[tuple[str, dict]] | None = None) -> str:
     lines = ["# PASTA evaluation", ""]
     cfg = summary["config"]
+    if cfg.get("backend", "local") == "local":
+        models = f"model `{cfg['model'] or 'default'}`, adapter `{cfg['adapter']}`, dtype {cfg['dtype']}"
+    else:  # served: the ids on the server (the notes say where), the local tokenizer
+        models = (f"served models `{cfg['remote_model'] or 'first listed'}` (pasta, sequential) and "
+                  f"`{cfg['remote_original_model'] or '-'}` (original, sot), tokenizer `{cfg['tokenizer']}`")
     lines += [
-        f"- Prompts: `{cfg['prompts']}` ({summary['n_prompts']} evaluated), model `{cfg['model'] or 'default'}`, "
-        f"adapter `{cfg['adapter']}`, dtype {cfg['dtype']}",
+        f"- Prompts: `{cfg['prompts']}` ({summary['n_prompts']} evaluated), {models}",
         f"- Decoding: temperature {cfg['temperature']}, top-p {cfg['top_p']}, max_new_tokens {cfg['max_new_tokens']}, "
         f"max_thread_tokens {cfg['max_thread_tokens']}, max_threads {cfg['max_threads']}",
         f"- Speed reference: `{summary['speed_reference']}`; quality baseline: `{summary['baseline']}`; "
