@@ -247,8 +247,18 @@ def test_the_cli_takes_the_outline_conventions_from_the_tokenizer_folder(tmp_pat
     args.outline_no_repeat = True
     with pytest.raises(ValueError, match="--outline-no-repeat"):
         backend.generate_from_args(args)
-    (folder / "pasta_decoding.json").write_text('{"outline_topics": "yes"}')
     args.outline_no_repeat = None
+    served = tmp_path / "adapter"  # the adapter the server applies records its own conventions: they win
+    served.mkdir()
+    (served / "pasta_decoding.json").write_text('{"outline_terminated": true}')
+    args.outline_topics, args.adapter, args.no_adapter = None, str(served), False
+    backend.generate_from_args(args)
+    assert seen["config"].outline_terminated is True and seen["config"].outline_topics is False
+    args.adapter, args.no_adapter = None, True  # --no-adapter: the base model, no convention
+    backend.generate_from_args(args)
+    assert seen["config"].outline_topics is False and seen["config"].outline_terminated is False
+    args.no_adapter = False
+    (folder / "pasta_decoding.json").write_text('{"outline_topics": "yes"}')
     with pytest.raises(ValueError, match="outline_topics must be true or false"):
         backend.generate_from_args(args)
 

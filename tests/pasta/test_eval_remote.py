@@ -142,7 +142,8 @@ def _reply(text: str, tokens: int) -> dict:
 def test_the_pasta_models_conventions_come_from_its_adapter(tmp_path, folder):
     """Outline conventions from pasta_decoding.json beside the served adapter (or in the tokenizer folder, or the
     shipped adapter's for the embedded model); the local-only ones it records are noted, and the served ids checked."""
-    from pasta.eval.remote import load_remote_systems, pasta_conventions
+    from pasta.backends.openai import served_conventions as pasta_conventions
+    from pasta.eval.remote import load_remote_systems
     from pasta.models import default_adapter_path
 
     adapter = tmp_path / "adapter"

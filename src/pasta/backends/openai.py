@@ -148,9 +148,9 @@ class RemoteInterpreter:
         if isinstance(prompt, str) and not chat:
             return prompt
         if self.config.tokenizer and self._template is None:
-            from transformers import AutoTokenizer
+            from ..models import load_tokenizer
 
-            self._template = AutoTokenizer.from_pretrained(self.config.tokenizer)
+            self._template = load_tokenizer(self.config.tokenizer)  # a folder, a .gguf, or 'default'
         return chat_prompt_text(self._template, prompt)  # `pasta.chat`: the template, or the transcript fallback
 
     # -- requests -----------------------------------------------------------------------------------------------
@@ -513,20 +513,25 @@ class _Run:
         return GenerationResult(text="".join(plain), annotated="".join(annotated), stats=stats)
 
 
-def add_backend_args(parser) -> None:
-    """The remote-backend options of `pasta generate` (`--backend openai` selects it)."""
+def add_backend_args(parser, *, evaluation: bool = False) -> None:
+    """The remote-backend options of `pasta generate` and `pasta eval` (`--backend openai` selects it)."""
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint for --backend openai, "
                         "e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang, llama.cpp server, pasta serve --sequential)")
     parser.add_argument("--remote-model", default=None, help="model id on the remote server (default: its first)")
-    parser.add_argument("--tokenizer", default=None, help="local tokenizer folder whose chat template formats the "
-                        "prompt for --backend openai (default: a plain 'role: text' transcript)")
+    parser.add_argument("--tokenizer", default=None, help=(
+        "the served model's tokenizer for --backend openai, required: a folder, a .gguf, or 'default' (the embedded "
+        "model); its chat template formats the prompts and it counts the answers' tokens" if evaluation else
+        "local tokenizer folder whose chat template formats the prompt for --backend openai (default: a plain "
+        "'role: text' transcript)"))
 
 
 def generate_from_args(args) -> GenerationResult:
     """`pasta generate --backend openai ...`: what the CLI calls (args as parsed by `pasta generate`)."""
     if not args.base_url:
         raise ValueError("--backend openai needs --base-url URL")
-    recorded = recorded_conventions(args.tokenizer)
+    # the outline conventions of the adapter the server applies (--adapter), or as the tokenizer folder records them
+    adapter = False if getattr(args, "no_adapter", False) else (getattr(args, "adapter", None) or True)
+    recorded = served_conventions(args.tokenizer, adapter) if args.tokenizer else {}
     asked = [f"--{name.replace('_', '-')}" for name in ("presence_penalty", "frequency_penalty")
              if getattr(args, name, None) is not None]
     if asked:  # a remote server's own penalty would also count tag syntax and the other threads' words
@@ -554,11 +559,31 @@ def generate_from_args(args) -> GenerationResult:
 
 def recorded_conventions(folder: str | None) -> dict:
     """The decoding conventions a model folder records (pasta_decoding.json, as `pasta train sft` writes it beside the
-    adapter, or beside merged weights), or {}: the remote backend takes its outline conventions from the folder
-    given as --tokenizer."""
+    adapter, or beside merged weights), or {} (`served_conventions` says which folder the remote backend reads)."""
     from pathlib import Path
 
     from ..interpreter import read_decoding_conventions
 
     path = Path(folder) / "pasta_decoding.json" if folder else None
     return read_decoding_conventions(path) if path is not None and path.is_file() else {}
+
+
+def served_conventions(tokenizer: str, adapter: str | bool) -> dict:
+    """The Pasta model's decoding conventions (pasta_decoding.json): from the adapter the server applies (`adapter`, a
+    folder), else from the tokenizer folder, else, for the embedded model, the shipped adapter's; `adapter=False`:
+    none."""
+    from pathlib import Path
+
+    from ..models import DEFAULT_MODEL, default_adapter_path
+
+    if adapter is False:
+        return {}
+    if isinstance(adapter, str):
+        if not Path(adapter).is_dir():
+            raise ValueError(f"--adapter {adapter}: not a folder (the Pasta adapter the server applies)")
+        return recorded_conventions(adapter)
+    if tokenizer in ("default", DEFAULT_MODEL):
+        shipped = default_adapter_path()
+        return recorded_conventions(str(shipped)) if shipped is not None else {}
+    path = Path(tokenizer)
+    return recorded_conventions(str(path if path.is_dir() else path.parent))

@@ -25,7 +25,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["local", "openai"], default="local",
                    help="local: decode in this process; openai: the systems are served by an OpenAI-compatible server "
                         "(vLLM, SGLang, pasta serve), driven through the remote backend")
-    add_backend_args(p)
+    add_backend_args(p, evaluation=True)
     p.add_argument("--remote-original-model", default=None,
                    help="--backend openai: the original model's id on the server, for the original and sot systems")
     p.add_argument("--original-base-url", default=None,

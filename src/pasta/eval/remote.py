@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..backends.openai import RemoteConfig, RemoteInterpreter, recorded_conventions
+from ..backends.openai import RemoteConfig, RemoteInterpreter, served_conventions
 from ..chat import prompt_text
 from ..decoding import DecodeLimits
 from ..openai_client import OpenAIClient
@@ -132,27 +132,6 @@ def _discover(base_url: str, model: str | None) -> str:
     return model
 
 
-def pasta_conventions(tokenizer: str, adapter: str | bool) -> dict:
-    """The Pasta model's decoding conventions (pasta_decoding.json): from the adapter the server applies (`adapter`, a
-    folder), else from the tokenizer folder, else, for the embedded model, the shipped adapter's; `adapter=False`:
-    none."""
-    from pathlib import Path
-
-    from ..models import DEFAULT_MODEL, default_adapter_path
-
-    if adapter is False:
-        return {}
-    if isinstance(adapter, str):
-        if not Path(adapter).is_dir():
-            raise ValueError(f"--adapter {adapter}: not a folder (the Pasta adapter the server applies)")
-        return recorded_conventions(adapter)
-    if tokenizer in ("default", DEFAULT_MODEL):
-        shipped = default_adapter_path()
-        return recorded_conventions(str(shipped)) if shipped is not None else {}
-    path = Path(tokenizer)
-    return recorded_conventions(str(path if path.is_dir() else path.parent))
-
-
 def load_remote_systems(config):
     """`Systems` (pasta.eval.runner) for an `EvalConfig` with `backend="openai"`."""
     from ..models import load_tokenizer, resolve_model_path
@@ -160,7 +139,7 @@ def load_remote_systems(config):
 
     tokenizer = load_tokenizer(config.tokenizer)
     folder = str(resolve_model_path(config.tokenizer)[1])
-    conventions = pasta_conventions(config.tokenizer, config.adapter)
+    conventions = served_conventions(config.tokenizer, config.adapter)
     pasta = RemoteSystem(config.base_url, _discover(config.base_url, config.remote_model),
                          tokenizer, folder, conventions)
     notes = [f"systems served by {config.base_url} (--backend openai): pasta and sequential by {pasta.model!r}"]
