@@ -295,7 +295,8 @@ class _Run:
                 body += text + TAG_END
 
     def _budget_reason(self, piece: _Piece) -> str:
-        """A chunk cut by a budget: its own (`budget`) or the request's (`request_budget`), as the local decoder says."""
+        """A chunk cut by a budget: its own (`budget`) or the request's (`request_budget`), as the local decoder
+        says."""
         return "budget" if piece.tokens >= self.config.max_thread_tokens else "request_budget"
 
     async def join(self) -> None:

@@ -14,9 +14,10 @@ statistics, speedups and report:
 
 A local tokenizer (`tokenizer`: a folder, a .gguf, or 'default' for the embedded model) gives the chat template and the
 token counts of the answer statistics; the Pasta model's outline conventions come from `pasta_decoding.json` beside
-the adapter the server applies (`adapter`), else in the tokenizer folder (for 'default': the shipped adapter's). What only local decoding applies (the presence/frequency
-penalties, the outline ban) is refused when asked for and noted when the model records it. Wall times are the
-server's as this client sees them: measure against an otherwise idle server.
+the adapter the server applies (`adapter`), else in the tokenizer folder (for 'default': the shipped adapter's;
+`pasta.backends.openai.served_conventions`). What only local decoding applies (the presence/frequency penalties, the
+outline ban) is refused when asked for and noted when the model records it. Wall times are the server's as this
+client sees them: measure against an otherwise idle server.
 """
 
 from __future__ import annotations
