@@ -6,6 +6,7 @@ Systems (all on the same interpreter, one request at a time, batch size 1 as in 
   the speed reference of every measured speedup;
 - `original`: the model without Pasta training (no adapter), sequential;
 - `sot`: Skeleton-of-Thought prompted on the original model (see `pasta.eval.sot`).
+With `backend="openai"` the same four systems are models an OpenAI-compatible server serves (`pasta.eval.remote`).
 
 Per-prompt speedups of a system, against the `sequential` record of the same prompt:
 - wall speedup = wall_s(sequential) / wall_s(system) (decode loop only; tokenization and loading excluded);
