@@ -192,3 +192,63 @@ def test_the_original_model_may_be_served_elsewhere(folder):
         with pytest.raises(ValueError, match=r"serves \['pasta'\], not 'base'"):
             load_remote_systems(EvalConfig(out="unused", backend="openai", base_url=pasta.base_url, tokenizer=folder,
                                            remote_original_model="base"))
+
+
+class AnsweringServer:
+    """Completions that answer each prompt deterministically after a short wait, counting requests in flight; one
+    prompt (`fail_on`) gets a 400 until `fail_on` is cleared."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.in_flight = self.peak = 0
+        self.lock = threading.Lock()
+        self.fail_on = fail_on
+
+    def __call__(self, req: StubRequest):
+        from openai_stub import Reply
+
+        if req.endpoint != "completions":
+            return {"object": "list", "data": [{"id": "pasta", "owned_by": "vllm"}]}
+        prompt = req.json["prompt"]
+        if self.fail_on and self.fail_on in prompt:
+            return Reply.error(400, "no such prompt here")
+        with self.lock:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+        time.sleep(0.05)
+        with self.lock:
+            self.in_flight -= 1
+        question = prompt.rsplit("Question", 1)[-1].split("?")[0]
+        return _reply(f"Answer{question} in a few words.", 6)
+
+
+def test_answers_in_flight_at_once_give_the_same_records_and_resume(tmp_path, folder):
+    """--concurrency N: the server sees several answers at once, the records are those of one-at-a-time decoding, a
+    failing answer stops the run with every finished answer kept, and a rerun completes it."""
+    items = [PromptItem(f"p{i}", f"Question number {i}?", "test") for i in range(8)]
+
+    def run(out, server, concurrency):
+        with OpenAIStub(server) as stub:
+            config = EvalConfig(out=str(out), backend="openai", base_url=stub.base_url, tokenizer=folder,
+                                systems=("pasta", "sequential"), concurrency=concurrency, max_new_tokens=16,
+                                bootstrap=20, plots=False)
+            return run_eval(config, items=items)
+
+    one_at_a_time = AnsweringServer()
+    alone = run(tmp_path / "one", one_at_a_time, 1)
+    assert one_at_a_time.peak == 1
+    server = AnsweringServer(fail_on="number 5?")
+    with pytest.raises(Exception, match="400"):
+        run(tmp_path / "many", server, 4)
+    assert server.peak > 1
+    kept = _records(tmp_path / "many")
+    assert 0 < sum(len(by_id) for by_id in kept.values()) < 2 * len(items)  # finished answers are on disk
+    server.fail_on = None
+    together = run(tmp_path / "many", server, 4)  # resumes: only what is missing is asked for
+    mine, theirs = _records(tmp_path / "many"), _records(tmp_path / "one")
+    for system in ("pasta", "sequential"):
+        assert {k: r["output"] for k, r in mine[system].items()} == {k: r["output"] for k, r in theirs[system].items()}
+        assert len(mine[system]) == len(items)
+    assert together["answers"]["complete"] == alone["answers"]["complete"] == 1.0
+    assert any("4 answers in flight at once" in note for note in together["notes"])
+    with pytest.raises(ValueError, match="needs backend openai"):
+        EvalConfig(out="unused", concurrency=2)

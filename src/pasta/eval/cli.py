@@ -28,6 +28,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     add_backend_args(p, evaluation=True)
     p.add_argument("--remote-original-model", default=None,
                    help="--backend openai: the original model's id on the server, for the original and sot systems")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="--backend openai: answers in flight at once (the server batches them): throughput for large "
+                        "prompt sets; wall times are then measured under load (default 1: batch size 1)")
     p.add_argument("--original-base-url", default=None,
                    help="--backend openai: the server of --remote-original-model, when not --base-url (e.g. a second "
                         "pasta serve --no-adapter)")
@@ -96,7 +99,7 @@ def config_from_args(args) -> EvalConfig:
         frequency_penalty=args.frequency_penalty, draft_promises=args.draft_promises, draft_tokens=args.draft_tokens,
         backend=args.backend, base_url=args.base_url, remote_model=args.remote_model,
         remote_original_model=args.remote_original_model, original_base_url=args.original_base_url,
-        tokenizer=args.tokenizer,
+        tokenizer=args.tokenizer, concurrency=args.concurrency,
     )
 
 

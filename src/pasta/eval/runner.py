@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,6 +82,8 @@ class EvalConfig(DecodeSettings):
     remote_original_model: str | None = None  # the original model's id (systems original and sot)
     original_base_url: str | None = None  # where the original model is served (default: base_url)
     tokenizer: str | None = None  # the served model's tokenizer: a folder, a .gguf or 'default'
+    # answers in flight at once (served systems only): throughput for large prompt sets, but wall times under load
+    concurrency: int = 1
 
     def __post_init__(self) -> None:
         self.systems = tuple(dict.fromkeys(self.systems))
@@ -96,6 +99,11 @@ class EvalConfig(DecodeSettings):
             raise ValueError(f"backend must be 'local' or 'openai', got {self.backend!r}")
         if self.backend == "openai":
             self._check_remote()
+        if not isinstance(self.concurrency, int) or isinstance(self.concurrency, bool) or self.concurrency < 1:
+            raise ValueError(f"concurrency must be a positive integer, got {self.concurrency!r}")
+        if self.concurrency > 1 and self.backend == "local":
+            raise ValueError("concurrency > 1 needs backend openai: local decoding answers one request at a time "
+                             "(batch size 1, as the paper measures)")
 
     def _check_remote(self) -> None:
         from .remote import LOCAL_ONLY
@@ -211,10 +219,13 @@ def read_jsonl(path: Path, key: Callable[[dict], Any]) -> dict[Any, dict]:
 class JsonlAppender:
     def __init__(self, path: Path) -> None:
         self.f = open_append(path)  # a line cut short by a crash is followed by a fresh one
+        self._lock = threading.Lock()  # whole lines only, when answers finish on several threads
 
     def write(self, row: dict) -> None:
-        self.f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self.f.flush()
+        line = json.dumps(row, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.f.write(line)
+            self.f.flush()
 
     def close(self) -> None:
         self.f.close()
@@ -240,25 +251,43 @@ def run_generations(config: EvalConfig, systems: Systems, items: list[PromptItem
     out = Path(config.out)
     records: dict[str, dict[str, dict]] = {}
     appenders: dict[str, JsonlAppender] = {}
-    warmed: set[int] = set()
     try:
         for system in config.systems:
             records[system] = read_jsonl(out / "generations" / f"{system}.jsonl", key=lambda r: r["id"])
-        for k, item in enumerate(items):
-            for system in config.systems:
-                if item.id in records[system]:
-                    continue
-                interp = systems.interp_for(system)
-                if id(interp) not in warmed:  # the first forward passes are slow: keep them out of the timings
-                    interp.generate("Hi", limits=DecodeLimits(max_new_tokens=2))
-                    warmed.add(id(interp))
-                record = generate_record(systems, system, item, config)
-                if system not in appenders:
-                    appenders[system] = JsonlAppender(out / "generations" / f"{system}.jsonl")
-                appenders[system].write(record)
-                records[system][item.id] = record
-                if progress:
-                    progress(f"[{k + 1}/{len(items)}] {system}: {record['tokens']} tokens, {record['wall_s']:.1f}s")
+        todo = [(k, item, system) for k, item in enumerate(items) for system in config.systems
+                if item.id not in records[system]]
+        for system in dict.fromkeys(system for _, _, system in todo):
+            appenders[system] = JsonlAppender(out / "generations" / f"{system}.jsonl")
+        warmed: set[int] = set()
+        for _, _, system in todo:  # the first forward passes are slow: keep them out of the timings
+            interp = systems.interp_for(system)
+            if id(interp) not in warmed:
+                interp.generate("Hi", limits=DecodeLimits(max_new_tokens=2))
+                warmed.add(id(interp))
+
+        def one(task) -> tuple[int, str, dict]:
+            k, item, system = task
+            record = generate_record(systems, system, item, config)
+            appenders[system].write(record)  # on disk as soon as it is done: an interruption loses no answer
+            return k, system, record
+
+        def done(k: int, system: str, record: dict) -> None:
+            records[system][items[k].id] = record
+            if progress:
+                progress(f"[{k + 1}/{len(items)}] {system}: {record['tokens']} tokens, {record['wall_s']:.1f}s")
+
+        if config.concurrency > 1:  # served systems: the server batches the answers in flight
+            from concurrent.futures import ThreadPoolExecutor, as_completed
+
+            pool = ThreadPoolExecutor(config.concurrency)
+            try:
+                for future in as_completed([pool.submit(one, task) for task in todo]):
+                    done(*future.result())
+            finally:  # an error or Ctrl-C: the answers in flight finish and are kept, the queued ones never start
+                pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            for task in todo:
+                done(*one(task))
     finally:
         for a in appenders.values():
             a.close()
@@ -453,7 +482,11 @@ def run_eval(config: EvalConfig, *, systems: Systems | None = None, judge=None, 
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     write_model_outputs(out, systems, items, records)
     sanity = run_judge_sanity(config, judge, items, records)
-    summary = summarize(config, rows, judge_name, systems.notes, sanity)
+    notes = list(systems.notes)
+    if config.concurrency > 1:
+        notes.append(f"{config.concurrency} answers in flight at once (--concurrency): wall times were measured under "
+                     "that load, not at batch size 1")
+    summary = summarize(config, rows, judge_name, notes, sanity)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     from .report import write_report
 
