@@ -237,7 +237,8 @@ def test_the_cli_takes_the_outline_conventions_from_the_tokenizer_folder(tmp_pat
     args = argparse.Namespace(base_url="http://unused/v1", tokenizer=str(folder), remote_model=None, max_new_tokens=64,
                               max_thread_tokens=32, max_threads=2, temperature=0.0, top_p=1.0, seed=None,
                               prompt="hi", sequential=False, raw=True, presence_penalty=None, frequency_penalty=None,
-                              outline_topics=None, outline_terminated=None, outline_no_repeat=None)
+                              outline_topics=None, outline_terminated=None, outline_no_repeat=None, adapter=None,
+                              no_adapter=False)
     result = backend.generate_from_args(args)
     assert seen["config"].outline_topics is True and seen["config"].outline_terminated is False
     assert any("presence_penalty" in w and "only local decoding applies" in w for w in result.stats.warnings)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..chat import prompt_text as chat_prompt_text
+from ..cli_options import adapter_from_args
 from ..decoding import DecodeLimits, ThreadTrace
 from ..guards import PROMISE_MARK, PromiseGuards, outline_cut, outline_topic_rest, trailing_marker_start
 from ..lang import (
@@ -50,6 +51,8 @@ PROMISE_OPEN = '<promise topic="'  # where outline topics are fed
 # Servers (`owned_by` in /v1/models) whose completions say which stop string matched: vLLM and pasta serve
 # (`stop_reason`), SGLang (`matched_stop`).
 STOP_REPORTING_SERVERS = ("vllm", "sglang", "pasta")
+# Decoding options that act on single tokens inside the local decoder: a text API cannot honour them.
+LOCAL_ONLY = ("presence_penalty", "frequency_penalty", "outline_no_repeat")
 
 
 @dataclass(frozen=True)
@@ -531,8 +534,7 @@ def generate_from_args(args) -> GenerationResult:
     if not args.base_url:
         raise ValueError("--backend openai needs --base-url URL")
     # the outline conventions of the adapter the server applies (--adapter), or as the tokenizer folder records them
-    adapter = False if getattr(args, "no_adapter", False) else (getattr(args, "adapter", None) or True)
-    recorded = served_conventions(args.tokenizer, adapter) if args.tokenizer else {}
+    recorded = served_conventions(args.tokenizer, adapter_from_args(args)) if args.tokenizer else {}
     asked = [f"--{name.replace('_', '-')}" for name in ("presence_penalty", "frequency_penalty")
              if getattr(args, name, None) is not None]
     if asked:  # a remote server's own penalty would also count tag syntax and the other threads' words
@@ -550,8 +552,7 @@ def generate_from_args(args) -> GenerationResult:
     )
     result = RemoteInterpreter(config).generate(args.prompt, mode="sequential" if args.sequential else "async",
                                                 chat=not args.raw)
-    local_only = sorted(k for k, v in recorded.items() if k in ("presence_penalty", "frequency_penalty",
-                                                                "outline_no_repeat") and v)
+    local_only = sorted(k for k in LOCAL_ONLY if recorded.get(k))
     if local_only:
         result.stats.warnings.append(f"the model records {', '.join(local_only)} (pasta_decoding.json), which only "
                                      "local decoding applies: this answer can differ from `pasta generate`'s")

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..backends.openai import RemoteConfig, RemoteInterpreter, served_conventions
+from ..backends.openai import LOCAL_ONLY, RemoteConfig, RemoteInterpreter, served_conventions
 from ..chat import prompt_text
 from ..decoding import DecodeLimits
 from ..openai_client import OpenAIClient
@@ -35,8 +35,6 @@ from ..results import GenerationResult
 from ..sampling import SamplingParams
 from .sot import SKELETON_PREFILL, SKELETON_PROMPT, SoTResult, assemble_points, parse_points, point_requests
 
-# Options that act on single tokens inside the local decoder: a text API cannot honour them.
-LOCAL_ONLY = ("presence_penalty", "frequency_penalty", "outline_no_repeat")
 TIMEOUT = 300.0  # seconds per request: a long answer from a busy server
 
 
@@ -138,8 +136,8 @@ def load_remote_systems(config):
     from ..models import load_tokenizer, resolve_model_path
     from .runner import Systems
 
-    tokenizer = load_tokenizer(config.tokenizer)
     folder = str(resolve_model_path(config.tokenizer)[1])
+    tokenizer = load_tokenizer(folder)
     conventions = served_conventions(config.tokenizer, config.adapter)
     pasta = RemoteSystem(config.base_url, _discover(config.base_url, config.remote_model),
                          tokenizer, folder, conventions)

@@ -106,7 +106,7 @@ class EvalConfig(DecodeSettings):
                              "(batch size 1, as the paper measures)")
 
     def _check_remote(self) -> None:
-        from .remote import LOCAL_ONLY
+        from ..backends.openai import LOCAL_ONLY
 
         if not self.base_url:
             raise ValueError("backend openai needs base_url (--base-url http://HOST:PORT/v1)")
